@@ -1,0 +1,250 @@
+"""Run artifacts: ``runs/<run>/<stage>/`` folders with a ``manifest.json`` written last, atomically.
+
+A stage reads another stage's output only through :func:`read_manifest`, which verifies the
+sha256 of every output the manifest lists and, when the artifact is missing, names the command
+that makes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bort.errors import ArtifactError
+
+MANIFEST = "manifest.json"
+
+# Which config sections each stage's output depends on, and which stages it reads.
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "data": ("task",),
+    "optimize": ("source", "task", "corpus", "optimize"),
+    "pretrain": ("source", "task", "corpus", "pretrain"),
+    "finetune": ("source", "task", "finetune"),
+    "export": ("task", "export"),
+    "loadtest": ("task", "serve", "loadtest"),
+}
+STAGE_COMMAND: dict[str, str] = {
+    "data": "bort data --prepare",
+    "optimize": "bort optimize",
+    "pretrain": "bort pretrain",
+    "finetune": "bort finetune",
+    "export": "bort export",
+    "loadtest": "bort loadtest",
+}
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see either the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Atomic text write (UTF-8)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """Atomic JSON write, indented, keys sorted for stable diffs."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def cpu_info() -> dict[str, Any]:
+    """CPU model, the ISA flags that matter for inference, core counts."""
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model in ("unknown", "", platform.processor()):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    wanted = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
+              "avx512_bf16", "amx_tile", "amx_int8", "neon", "asimd")
+    return {
+        "model": model,
+        "isa": sorted(f for f in wanted if f in flags),
+        "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "machine": platform.machine(),
+    }
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries whose behaviour shapes results (only those installed)."""
+    from importlib import metadata
+
+    out = {"python": sys.version.split()[0]}
+    for name in ("bort", "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime",
+                 "tokenizers", "bentoml", "locust", "numpy"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def hardware_fingerprint() -> str:
+    """Short hash of what latency depends on: CPU model, ISA, cores, onnxruntime version."""
+    info = cpu_info()
+    versions = library_versions()
+    key = json.dumps([info["model"], info["isa"], info["usable_cores"], versions.get("onnxruntime")])
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Manifest:
+    """What a stage made, from what, how, and on which machine."""
+
+    stage: str
+    fingerprint: str
+    seed: int
+    config: dict[str, Any]
+    inputs: dict[str, str] = field(default_factory=dict)  # name -> upstream fingerprint or sha256
+    outputs: dict[str, str] = field(default_factory=dict)  # path relative to stage dir -> sha256
+    metrics: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    machine: dict[str, Any] = field(default_factory=dict)
+    threads: dict[str, Any] = field(default_factory=dict)
+    command: str = ""
+    created_at: str = ""
+    elapsed_s: float = 0.0
+    path: Path | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def dir(self) -> Path:
+        assert self.path is not None
+        return self.path.parent
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("path")
+        return data
+
+
+def stage_dir(run_dir: str | Path, stage: str) -> Path:
+    return Path(run_dir) / stage
+
+
+def stage_fingerprint(cfg: Any, stage: str, upstream: dict[str, str] | None = None) -> str:
+    """The fingerprint of a stage: its config sections plus its upstream stages' fingerprints."""
+    base = cfg.section_fingerprint(*STAGE_SECTIONS[stage])
+    blob = json.dumps({"config": base, "upstream": upstream or {}}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _collect_outputs(folder: Path) -> dict[str, str]:
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder).as_posix()
+        if p.is_file() and rel != MANIFEST and not p.name.startswith(".") and "/." not in rel \
+                and not rel.startswith("checkpoints/"):
+            out[rel] = sha256_file(p)
+    return out
+
+
+def write_manifest(
+    run_dir: str | Path,
+    stage: str,
+    cfg: Any,
+    *,
+    fingerprint: str,
+    metrics: dict[str, Any],
+    inputs: dict[str, str] | None = None,
+    started: float | None = None,
+    threads: dict[str, Any] | None = None,
+) -> Manifest:
+    """Hash every file in the stage folder and write ``manifest.json`` last and atomically."""
+    folder = stage_dir(run_dir, stage)
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest(
+        stage=stage,
+        fingerprint=fingerprint,
+        seed=cfg.seed,
+        config=cfg.to_dict(),
+        inputs=inputs or {},
+        outputs=_collect_outputs(folder),
+        metrics=metrics,
+        versions=library_versions(),
+        machine=cpu_info(),
+        threads=threads or {"torch": _torch_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
+        command=" ".join(sys.argv),
+        created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        elapsed_s=round(time.time() - started, 2) if started else 0.0,
+        path=folder / MANIFEST,
+    )
+    atomic_write_json(folder / MANIFEST, manifest.to_json())
+    return manifest
+
+
+def _torch_threads() -> int | None:
+    if "torch" not in sys.modules:
+        return None
+    return sys.modules["torch"].get_num_threads()
+
+
+def read_manifest(run_dir: str | Path, stage: str, *, verify: bool = True) -> Manifest:
+    """Load a stage's manifest; verify the sha256 of every output it lists.
+
+    Raises:
+        ArtifactError: the manifest is missing (naming the command that makes it), unreadable,
+            or an output file is missing or changed.
+    """
+    path = stage_dir(run_dir, stage) / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(
+            f"no {stage} artifact in {Path(run_dir)}: run `{STAGE_COMMAND.get(stage, 'bort ' + stage)} "
+            f"--run-dir {run_dir}` first"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        manifest = Manifest(**data, path=path)
+    except (ValueError, TypeError) as e:
+        raise ArtifactError(f"{path}: unreadable manifest ({e}); rerun `{STAGE_COMMAND[stage]}`") from e
+    if verify:
+        for rel, digest in manifest.outputs.items():
+            f = path.parent / rel
+            if not f.is_file():
+                raise ArtifactError(f"{f} is missing; rerun `{STAGE_COMMAND[stage]} --run-dir {run_dir}`")
+            if sha256_file(f) != digest:
+                raise ArtifactError(
+                    f"{f} changed since {stage} wrote it (sha256 mismatch); "
+                    f"rerun `{STAGE_COMMAND[stage]} --run-dir {run_dir}`"
+                )
+    return manifest
+
+
+def is_up_to_date(run_dir: str | Path, stage: str, fingerprint: str) -> bool:
+    """True when the stage's manifest exists, verifies, and was made with this fingerprint."""
+    try:
+        return read_manifest(run_dir, stage).fingerprint == fingerprint
+    except ArtifactError:
+        return False
