@@ -1,0 +1,66 @@
+"""The run config: defaults <- YAML <- --set, typed, with dotted-key errors."""
+
+import pytest
+
+from bort import config as C
+from bort.errors import ConfigError
+
+
+def test_defaults_are_the_embedded_default():
+    cfg = C.resolve()
+    assert cfg.source.model == "minilm"
+    assert cfg.task.name == "rotten_tomatoes"
+
+
+def test_yaml_then_set_override_in_order(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("seed: 3\noptimize:\n  seq_len: 64\n  epsilon: 0.2\n")
+    cfg = C.resolve([f], ["optimize.seq_len=32", "serve.port=4000"])
+    assert (cfg.seed, cfg.optimize.seq_len, cfg.optimize.epsilon, cfg.serve.port) == (3, 32, 0.2, 4000)
+
+
+def test_unknown_nested_key_names_the_dotted_key():
+    with pytest.raises(ConfigError, match=r"'optimize\.seq_lenn'"):
+        C.resolve(overrides=["optimize.seq_lenn=3"])
+
+
+def test_wrong_type_names_the_dotted_key():
+    with pytest.raises(ConfigError, match=r"optimize\.seq_len: expected an integer"):
+        C.resolve(overrides=["optimize.seq_len=fast"])
+
+
+def test_bool_is_not_accepted_as_a_number():
+    with pytest.raises(ConfigError, match="serve.port"):
+        C.resolve(overrides=["serve.port=true"])
+
+
+def test_tuple_fields_take_lists_and_check_items():
+    cfg = C.resolve(overrides=["loadtest.users=[1, 2, 4]"])
+    assert cfg.loadtest.users == (1, 2, 4)
+    with pytest.raises(ConfigError, match=r"loadtest\.users\[1\]"):
+        C.resolve(overrides=["loadtest.users=[1, x]"])
+
+
+def test_validation_in_post_init_names_the_key():
+    with pytest.raises(ConfigError, match="optimize.precision"):
+        C.resolve(overrides=["optimize.precision=fp16"])
+
+
+def test_missing_config_file_lists_the_named_profiles():
+    with pytest.raises(ConfigError, match="not found.*default"):
+        C.resolve(["no-such-profile"])
+
+
+def test_named_profiles_resolve():
+    for name in ("default", "quick", "tiny"):
+        assert isinstance(C.resolve([name]), C.RunConfig)
+
+
+def test_round_trip_through_dict_and_fingerprint():
+    cfg = C.resolve(overrides=["optimize.weights=[1, 2, 3]", "seed=7"])
+    again = C.from_dict(cfg.to_dict())
+    assert again == cfg
+    assert again.section_fingerprint("optimize") == cfg.section_fingerprint("optimize")
+    other = C.resolve(overrides=["optimize.weights=[1, 2, 4]", "seed=7"])
+    assert other.section_fingerprint("optimize") != cfg.section_fingerprint("optimize")
+    assert other.section_fingerprint("serve") == cfg.section_fingerprint("serve")
