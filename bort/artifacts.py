@@ -60,6 +60,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; artifacts are for everyone who reads the run
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

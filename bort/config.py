@@ -35,10 +35,11 @@ class TaskConfig:
     text_column: str = "text"
     text_pair_column: str = ""  # empty: single-text task
     label_column: str = "label"
-    group_column: str = ""  # rows sharing a group never straddle splits
-    dev_fraction: float = 0.1
-    test_fraction: float = 0.1
-    max_train_rows: int = 0  # 0: all rows
+    group_column: str = ""  # rows sharing a group never straddle splits (identical texts never do)
+    labels: tuple[str, ...] = ()  # allowed label names, in id order; empty: sorted labels found in train
+    dev_fraction: float = 0.1  # of all rows; for a GLUE folder, of train.tsv (its dev.tsv is the test split)
+    test_fraction: float = 0.1  # ignored for a GLUE folder
+    max_train_rows: int = 0  # 0: all rows; else a seeded label-stratified sample after splitting
     max_eval_rows: int = 0  # 0: all rows (dev and test each)
 
     def __post_init__(self) -> None:
@@ -46,6 +47,13 @@ class TaskConfig:
             value = getattr(self, key)
             if not 0.0 <= value < 0.5:
                 raise ConfigError(f"task.{key} must be in [0, 0.5), got {value}")
+        for key in ("max_train_rows", "max_eval_rows"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"task.{key} must be >= 0 (0: all rows), got {getattr(self, key)}")
+        if len(set(self.labels)) != len(self.labels):
+            raise ConfigError(f"task.labels has duplicates: {list(self.labels)}")
+        if not self.name.strip() or not self.text_column or not self.label_column:
+            raise ConfigError("task.name, task.text_column and task.label_column must not be empty")
 
 
 @dataclass(frozen=True)
@@ -55,61 +63,89 @@ class CorpusConfig:
     use_task_text: bool = True
     files: tuple[str, ...] = ()  # globs of user .txt files, one sentence or paragraph per line
     use_gcide: bool = False
-    max_texts: int = 20000
+    max_texts: int = 20000  # 0: no cap; sources fill it in order: task text, files, dict-gcide
     heldout_fraction: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.max_texts < 0:
+            raise ConfigError(f"corpus.max_texts must be >= 0 (0: no cap), got {self.max_texts}")
+        if not 0.0 <= self.heldout_fraction < 0.5:
+            raise ConfigError(f"corpus.heldout_fraction must be in [0, 0.5), got {self.heldout_fraction}")
 
 
 @dataclass(frozen=True)
 class OptimizeConfig:
-    """The FPTAS search over (layers, heads, hidden, intermediate)."""
+    """The FPTAS search over (layers, heads, hidden, intermediate) (method.md §2; optimize/README.md)."""
 
     grid: str = "source"  # source | bort | path to a YAML grid
-    layer_fractions: tuple[float, ...] = (0.34, 0.5, 0.67, 1.0)
+    layer_fractions: tuple[float, ...] = (0.34, 0.5, 0.67, 1.0)  # of the source's sizes (grid: source)
     head_fractions: tuple[float, ...] = (0.5, 1.0)
     hidden_fractions: tuple[float, ...] = (0.5, 0.75, 1.0)
     intermediate_fractions: tuple[float, ...] = (0.25, 0.5, 1.0)
-    num_threads: int = 2
+    num_threads: int = 2  # latency: ONNX Runtime intra-op threads (inter-op 1, sequential)
     batch_size: int = 1
     seq_len: int = 128
-    precision: str = "fp32"  # fp32 | int8
+    precision: str = "fp32"  # fp32 | int8 (dynamic quantization before timing)
     warmup_runs: int = 5
     timed_runs: int = 30
     max_measured: int = 0  # 0: time every candidate; else a spread subset, the rest predicted
+    inversion_tolerance: float = 0.02  # relative slack before a faster larger shape counts as an inversion
     epsilon: float = 0.1
     interval: float = 4.0  # the paper's s
-    error_steps: int = 0  # 0: derived from epsilon and interval
+    error_estimator: str = "distill"  # distill (short distillation runs) | proxy (size only: speed-only searches)
+    error_steps: int = 0  # 0: ceil(error_steps_scale / (epsilon * interval ** 1.5))
+    error_steps_scale: float = 16.0
     error_batch_size: int = 16
     error_seq_len: int = 64
     error_lr: float = 3e-4
     weight_clip: float = 4.0
+    error_time_budget_s: float = 0.0  # 0: no cap; else stop training candidates once spent
+    prune_factor: float = 0.5  # 0: off; see optimize/search.py for the pruning rule
+    workers: int = 1  # error-phase workers (1: inline; latency is always timed serially)
     policy: str = "compromise"  # compromise | latency_budget | speedup
     latency_budget_ms: float = 0.0
     speedup_target: float = 0.0
     weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # (params, latency, error)
 
     def __post_init__(self) -> None:
-        if self.precision not in ("fp32", "int8"):
-            raise ConfigError(f"optimize.precision must be fp32 or int8, got {self.precision!r}")
-        if self.policy not in ("compromise", "latency_budget", "speedup"):
-            raise ConfigError(
-                "optimize.policy must be compromise, latency_budget or speedup, "
-                f"got {self.policy!r}"
-            )
+        choices = {"precision": ("fp32", "int8"), "policy": ("compromise", "latency_budget", "speedup"),
+                   "error_estimator": ("distill", "proxy")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"optimize.{key} must be {' or '.join(allowed)}, got {getattr(self, key)!r}")
         if not 0.0 < self.epsilon < 1.0:
             raise ConfigError(f"optimize.epsilon must be in (0, 1), got {self.epsilon}")
+        for key in ("num_threads", "batch_size", "seq_len", "timed_runs", "error_batch_size",
+                    "error_seq_len", "workers"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"optimize.{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("warmup_runs", "max_measured", "error_steps", "error_time_budget_s", "prune_factor",
+                    "inversion_tolerance", "latency_budget_ms", "speedup_target", "weight_clip"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"optimize.{key} must be >= 0, got {getattr(self, key)}")
+        if self.interval <= 0 or self.error_steps_scale <= 0 or self.error_lr <= 0:
+            raise ConfigError("optimize.interval, optimize.error_steps_scale and optimize.error_lr must be > 0")
+        if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
+            raise ConfigError(f"optimize.weights must be non-negative and not all zero, got {list(self.weights)}")
+        if self.policy == "latency_budget" and self.latency_budget_ms <= 0:
+            raise ConfigError("optimize.policy=latency_budget needs optimize.latency_budget_ms > 0")
+        if self.policy == "speedup" and self.speedup_target <= 0:
+            raise ConfigError("optimize.policy=speedup needs optimize.speedup_target > 0 (e.g. 3 for 3x)")
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
     """Extraction of the chosen shape and its distillation pretraining."""
 
-    layers: int = 0  # 0: take the shape `bort optimize` chose
+    layers: int = 0  # 0: take the shape `bort optimize` chose (all four must be set to override)
     heads: int = 0
     hidden: int = 0
     intermediate: int = 0
     init: str = "inherit"  # inherit | random
-    max_steps: int = 600
-    time_budget_s: float = 480.0
+    layer_selection: str = "importance"  # importance | even (inherit only)
+    importance_batches: int = 4  # corpus batches the activation importance is measured on
+    max_steps: int = 3000
+    time_budget_s: float = 480.0  # 0: no time limit
     batch_size: int = 32
     seq_len: int = 64
     lr: float = 3e-4
@@ -119,76 +155,237 @@ class PretrainConfig:
     weight_clip: float = 0.0  # 0: no clipping
     checkpoint_every: int = 100
     eval_every: int = 100
+    heldout_texts: int = 256  # held-out corpus sentences for the loss and the embedding cosine
 
     def __post_init__(self) -> None:
         if self.init not in ("inherit", "random"):
             raise ConfigError(f"pretrain.init must be inherit or random, got {self.init!r}")
+        if self.layer_selection not in ("importance", "even"):
+            raise ConfigError(f"pretrain.layer_selection must be importance or even, got {self.layer_selection!r}")
+        shape = (self.layers, self.heads, self.hidden, self.intermediate)
+        if any(v < 0 for v in shape) or (any(shape) and not all(shape)):
+            raise ConfigError(
+                f"pretrain.layers/heads/hidden/intermediate must all be set (> 0) or all 0, got {shape}; "
+                "e.g. --set pretrain.layers=3 --set pretrain.heads=12 --set pretrain.hidden=384 "
+                "--set pretrain.intermediate=1536"
+            )
+        for key in ("max_steps", "batch_size", "seq_len", "importance_batches", "heldout_texts"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"pretrain.{key} must be >= 1, got {getattr(self, key)}")
+        if self.lr <= 0 or not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"pretrain.lr must be > 0 and pretrain.warmup_ratio in [0, 1), "
+                              f"got {self.lr} and {self.warmup_ratio}")
+        for key in ("time_budget_s", "grad_clip", "weight_clip", "weight_decay", "checkpoint_every", "eval_every"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"pretrain.{key} must be >= 0, got {getattr(self, key)}")
+
+
+THETA_KEYS: dict[str, type] = {"lr": float, "wd": float, "warmup": float, "epochs": float, "batch": int,
+                               "seed": int}
+
+
+def parse_theta(text: str, key: str = "finetune.thetas") -> dict[str, float | int]:
+    """Parse one Agora hyperparameter set, e.g. ``"lr=5e-5,wd=0.01,warmup=0.1"``.
+
+    Keys: lr (> 0), wd (>= 0), warmup (fraction in [0, 1)), epochs (> 0), batch (>= 1), seed.
+    Keys left out take the ``finetune`` section's values.
+
+    Raises:
+        ConfigError: naming `key`, for an unknown key, a repeated key or a bad value.
+    """
+    out: dict[str, float | int] = {}
+    for part in (p.strip() for p in text.split(",")):
+        name, sep, raw = part.partition("=")
+        name = name.strip()
+        if not sep or name not in THETA_KEYS:
+            raise ConfigError(f"{key}: {part!r} in {text!r} is not key=value with a key among "
+                              f"{', '.join(THETA_KEYS)} (e.g. 'lr=5e-5,wd=0.01,warmup=0.1')")
+        if name in out:
+            raise ConfigError(f"{key}: {name!r} appears twice in {text!r}")
+        try:
+            value = THETA_KEYS[name](raw.strip())
+        except ValueError as e:
+            raise ConfigError(f"{key}: {name}={raw.strip()!r} in {text!r} is not "
+                              f"{'an integer' if THETA_KEYS[name] is int else 'a number'}") from e
+        ok = {"lr": value > 0, "wd": value >= 0, "warmup": 0 <= value < 1, "epochs": value > 0,
+              "batch": value >= 1, "seed": True}[name]
+        if not ok:
+            raise ConfigError(f"{key}: {name}={value} in {text!r} is out of range "
+                              "(lr > 0, wd >= 0, 0 <= warmup < 1, epochs > 0, batch >= 1)")
+        out[name] = value
+    return out
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """Labeller, plain and Agora fine-tuning."""
+    """Labeller, plain and Agora fine-tuning (method.md section 4; agora/README.md)."""
 
+    student: str = ""  # empty: the model `bort pretrain` made; else a bare-encoder folder
     seq_len: int = 64
     batch_size: int = 32
-    epochs: float = 2.0
+    eval_batch_size: int = 128
+    epochs: float = 2.0  # plain fine-tune, and each theta's first Agora round
     lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    grad_clip: float = 1.0
+    freeze_word_embeddings: bool = True  # ~35% faster steps on CPU; little to learn there from a task
     labeller_epochs: float = 2.0
+    labeller_lr: float = 5e-5
     labeller_min_dev_accuracy: float = 2.0 / 3.0
     thetas: tuple[str, ...] = ("lr=5e-5,wd=0.01,warmup=0.1", "lr=1e-4,wd=0.01,warmup=0.1")
     pruning: str = "halving"  # halving | paper
-    max_rounds: int = 3
-    points_per_mistake: int = 2
+    max_rounds: int = 3  # pruning rounds (replays come on top)
+    replays: int = 1  # re-runs of a round that did not improve dev, in the whole loop
+    warm_start: bool = True  # rounds after the first continue from the best model so far
+    round_epochs: float = 1.0  # epochs of a warm-started round over D plus the new points
+    points_per_mistake: int = 2  # k
+    candidates_per_mistake: int = 12  # G's tries per mistake before the band filter
     max_points_per_round: int = 2000
-    similarity_band: tuple[float, float] = (0.80, 0.98)
-    replay: bool = True
-    time_budget_s: float = 1500.0
+    max_points: int = 6000  # over the whole loop
+    similarity_band: tuple[float, float] = (0.80, 0.98)  # cosine to the original, inclusive
+    edit_rate: float = 0.15  # fraction of a text's words G edits (at least one)
+    neighbours: int = 8  # nearest word embeddings a substitution picks from
+    embedder: str = "source"  # source | labeller: whose mean-pooled embeddings the band uses
+    min_labeller_confidence: float = 0.0  # drop new points the labeller labels less surely
+    select_metric: str = "accuracy"  # accuracy | macro_f1: picks the best theta, round and model
+    time_budget_s: float = 1500.0  # the Agora loop's wall clock; round 1 always runs
 
     def __post_init__(self) -> None:
-        if self.pruning not in ("halving", "paper"):
-            raise ConfigError(f"finetune.pruning must be halving or paper, got {self.pruning!r}")
+        choices = {"pruning": ("halving", "paper"), "embedder": ("source", "labeller"),
+                   "select_metric": ("accuracy", "macro_f1")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"finetune.{key} must be {' or '.join(allowed)}, got {getattr(self, key)!r}")
+        for key in ("seq_len", "batch_size", "eval_batch_size", "max_rounds", "points_per_mistake",
+                    "candidates_per_mistake", "neighbours"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"finetune.{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("epochs", "lr", "labeller_epochs", "labeller_lr", "round_epochs", "time_budget_s"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"finetune.{key} must be > 0, got {getattr(self, key)}")
+        if self.points_per_mistake > self.candidates_per_mistake:
+            raise ConfigError("finetune.candidates_per_mistake must be >= finetune.points_per_mistake "
+                              f"(G keeps k of its tries), got {self.candidates_per_mistake} < "
+                              f"{self.points_per_mistake}")
+        low, high = self.similarity_band
+        if not -1.0 <= low < high <= 1.0:
+            raise ConfigError(f"finetune.similarity_band must be [low, high] with -1 <= low < high <= 1, "
+                              f"got {list(self.similarity_band)}")
+        if not 0.0 < self.edit_rate <= 1.0 or not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError("finetune.edit_rate must be in (0, 1] and finetune.warmup_ratio in [0, 1)")
+        if not 0.0 <= self.min_labeller_confidence < 1.0:
+            raise ConfigError(f"finetune.min_labeller_confidence must be in [0, 1), got "
+                              f"{self.min_labeller_confidence}")
+        if not self.thetas:
+            raise ConfigError("finetune.thetas is empty; give at least one set, e.g. ['lr=5e-5,wd=0.01']")
+        for i, text in enumerate(self.thetas):
+            parse_theta(text, f"finetune.thetas[{i}]")
+        if len(set(self.thetas)) != len(self.thetas):
+            raise ConfigError("finetune.thetas repeats a set; each hyperparameter set must be distinct")
 
 
 @dataclass(frozen=True)
 class ExportConfig:
-    """ONNX export, int8 quantisation and parity checks."""
+    """ONNX export, int8 quantisation, parity and accuracy checks, latency of each variant."""
 
     quantize: bool = True
-    optimize_graph: bool = False
-    parity_atol: float = 1e-4
-    max_int8_drop_points: float = 0.5
+    quantization: str = "auto"  # auto (from the CPU's flags) | avx512_vnni | avx512 | avx2 | arm64
+    optimize_graph: bool = False  # ORTOptimizer O2 before quantising (no gain measured here)
+    parity_atol: float = 1e-4  # max |ONNX fp32 - PyTorch| logit difference on dev texts
+    parity_texts: int = 64  # dev texts used for the parity check
+    max_int8_drop_points: float = 0.5  # int8 dev accuracy may trail fp32 by this many points
+    eval_batch_size: int = 32
     num_threads: int = 2
-    seq_len: int = 128
+    seq_len: int = 128  # latency measurement: batch 1, this many tokens
+    warmup_runs: int = 5
+    timed_runs: int = 50
+    register_bentoml: bool = True  # add the exports to the BentoML model store ($BENTOML_HOME)
+
+    def __post_init__(self) -> None:
+        if self.quantization not in ("auto", "avx512_vnni", "avx512", "avx2", "arm64"):
+            raise ConfigError(
+                "export.quantization must be auto, avx512_vnni, avx512, avx2 or arm64, "
+                f"got {self.quantization!r}"
+            )
+        for key in ("parity_texts", "eval_batch_size", "num_threads", "seq_len", "timed_runs"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"export.{key} must be >= 1, got {getattr(self, key)}")
+        if self.parity_atol <= 0 or self.max_int8_drop_points < 0:
+            raise ConfigError("export.parity_atol must be > 0 and export.max_int8_drop_points >= 0")
 
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """The HTTP service."""
+    """The HTTP service (``bort serve``): model, limits, batching, security, logging."""
 
     host: str = "127.0.0.1"
     port: int = 3000
     model: str = "optimized"  # optimized | baseline
     num_threads: int = 2
-    max_texts: int = 64
-    max_chars: int = 2000
+    max_texts: int = 64  # texts (or pairs) per request
+    max_chars: int = 2000  # characters per text
     max_body_bytes: int = 1_000_000
-    max_seq_len: int = 128
-    api_key_env: str = "BORT_API_KEY"
+    max_seq_len: int = 128  # tokens; longer inputs are truncated and the response says so
+    batching: bool = True  # merge requests that wait while the model is busy (never waits for more)
+    max_batch_texts: int = 64  # texts per merged model call
+    api_key_env: str = "BORT_API_KEY"  # when this variable is set, requests need X-API-Key
     access_log: bool = False
+    ort_spin: bool = True  # onnxruntime threads busy-wait between calls (lower latency, more CPU)
+    startup_timeout_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        if self.model not in ("optimized", "baseline"):
+            raise ConfigError(f"serve.model must be optimized or baseline, got {self.model!r}")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"serve.port must be in 0..65535, got {self.port}")
+        for key in ("num_threads", "max_texts", "max_chars", "max_body_bytes", "max_seq_len",
+                    "max_batch_texts"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"serve.{key} must be >= 1, got {getattr(self, key)}")
 
 
 @dataclass(frozen=True)
 class LoadtestConfig:
-    """Side-by-side Locust runs against the baseline and the optimised service."""
+    """Side-by-side Locust runs against the baseline and the optimised service (``bort loadtest``)."""
 
-    users: tuple[int, ...] = (1, 8)
-    duration_s: int = 30
-    warmup_s: int = 5
-    baseline: str = "source_onnx"  # source_onnx | source_torch | shape:L/A/H/I
-    port: int = 3100
-    slo_p95_ms: float = 0.0
-    slo_min_speedup: float = 0.0
-    slo_max_failure_ratio: float = 0.0
+    users: tuple[int, ...] = (1, 8)  # one bounded Locust run per user count and model
+    duration_s: int = 30  # measured seconds per run, after the warm-up
+    warmup_s: int = 5  # excluded from the figures
+    baseline: str = "source_onnx"  # source_onnx | source_torch | shape:L/A/H/I (random weights: speed only)
+    port: int = 3100  # both services, one after the other, on 127.0.0.1
+    mode: str = "closed"  # closed: next request when the last returns | open: constant throughput
+    target_rps: float = 0.0  # open mode: total requests/s over all users
+    think_time_s: float = 0.0  # closed mode: mean pause between a user's requests
+    texts_per_request: int = 1
+    max_texts: int = 2000  # test texts in the request pool (0: the whole test split)
+    server_cpus: str = ""  # e.g. "0-1": pin both services to these CPUs ("": inherit)
+    locust_cpus: str = ""  # the same for Locust
+    start_timeout_s: float = 180.0  # a service not ready by then fails the stage
+    grace_s: float = 60.0  # Locust is killed at run time + this
+    slo_p95_ms: float = 0.0  # optimised p95 budget at every user count; 0: off
+    slo_min_speedup: float = 0.0  # rps ratio at most users and p50 ratio at fewest users; 0: off
+    slo_max_failure_ratio: float = 0.0  # per model and user count; 0: off
+
+    def __post_init__(self) -> None:
+        if not self.users or any(u < 1 for u in self.users):
+            raise ConfigError(f"loadtest.users must be a non-empty list of counts >= 1, got {list(self.users)}")
+        if self.duration_s < 1 or self.warmup_s < 0:
+            raise ConfigError("loadtest.duration_s must be >= 1 and loadtest.warmup_s >= 0")
+        if not (self.baseline in ("source_onnx", "source_torch") or self.baseline.startswith("shape:")):
+            raise ConfigError("loadtest.baseline must be source_onnx, source_torch or shape:L/A/H/I "
+                              f"(e.g. shape:24/16/1024/4096), got {self.baseline!r}")
+        if self.mode not in ("closed", "open"):
+            raise ConfigError(f"loadtest.mode must be closed or open, got {self.mode!r}")
+        if self.mode == "open" and self.target_rps <= 0:
+            raise ConfigError("loadtest.mode=open needs loadtest.target_rps > 0 (total requests/s)")
+        if not 1 <= self.port <= 65535:
+            raise ConfigError(f"loadtest.port must be in 1..65535, got {self.port}")
+        if self.texts_per_request < 1 or self.max_texts < 0:
+            raise ConfigError("loadtest.texts_per_request must be >= 1 and loadtest.max_texts >= 0")
+        for key in ("slo_p95_ms", "slo_min_speedup", "slo_max_failure_ratio", "think_time_s"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"loadtest.{key} must be >= 0 (0 switches it off), got {getattr(self, key)}")
 
 
 @dataclass(frozen=True)
@@ -233,7 +430,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
             raise ConfigError(f"{key}: expected {len(args)} items, got {len(value)}")
-        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
     if origin in (typing.Union, types.UnionType):
         for arg in typing.get_args(tp):
             if arg is type(None) and value is None:
