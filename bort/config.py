@@ -78,10 +78,10 @@ class OptimizeConfig:
     """The FPTAS search over (layers, heads, hidden, intermediate) (method.md §2; optimize/README.md)."""
 
     grid: str = "source"  # source | bort | path to a YAML grid
-    layer_fractions: tuple[float, ...] = (0.34, 0.5, 0.67, 1.0)  # of the source's sizes (grid: source)
+    layer_fractions: tuple[float, ...] = (0.5, 0.67, 1.0)  # of the source's sizes (grid: source)
     head_fractions: tuple[float, ...] = (0.5, 1.0)
-    hidden_fractions: tuple[float, ...] = (0.5, 0.75, 1.0)
-    intermediate_fractions: tuple[float, ...] = (0.25, 0.5, 1.0)
+    hidden_fractions: tuple[float, ...] = (0.5, 1.0)
+    intermediate_fractions: tuple[float, ...] = (0.5, 1.0)
     num_threads: int = 2  # latency: ONNX Runtime intra-op threads (inter-op 1, sequential)
     batch_size: int = 1
     seq_len: int = 128
@@ -94,12 +94,12 @@ class OptimizeConfig:
     interval: float = 4.0  # the paper's s
     error_estimator: str = "distill"  # distill (short distillation runs) | proxy (size only: speed-only searches)
     error_steps: int = 0  # 0: ceil(error_steps_scale / (epsilon * interval ** 1.5))
-    error_steps_scale: float = 16.0
+    error_steps_scale: float = 8.0  # defaults (eps 0.1, s 4): 10 steps
     error_batch_size: int = 16
     error_seq_len: int = 64
     error_lr: float = 3e-4
     weight_clip: float = 4.0
-    error_time_budget_s: float = 0.0  # 0: no cap; else stop training candidates once spent
+    error_time_budget_s: float = 330.0  # 0: no cap; else stop training candidates once spent
     prune_factor: float = 0.5  # 0: off; see optimize/search.py for the pruning rule
     workers: int = 1  # error-phase workers (1: inline; latency is always timed serially)
     policy: str = "compromise"  # compromise | latency_budget | speedup
@@ -230,6 +230,7 @@ class FinetuneConfig:
     warmup_ratio: float = 0.1
     grad_clip: float = 1.0
     freeze_word_embeddings: bool = True  # ~35% faster steps on CPU; little to learn there from a task
+    num_threads: int = 0  # torch threads while fine-tuning; 0: torch's default (one per core)
     labeller_epochs: float = 2.0
     labeller_lr: float = 5e-5
     labeller_min_dev_accuracy: float = 2.0 / 3.0
@@ -247,16 +248,20 @@ class FinetuneConfig:
     edit_rate: float = 0.15  # fraction of a text's words G edits (at least one)
     neighbours: int = 8  # nearest word embeddings a substitution picks from
     embedder: str = "source"  # source | labeller: whose mean-pooled embeddings the band uses
+    mistakes: str = "teachable"  # teachable: dev mistakes the labeller gets right | all: every mistake (paper)
     min_labeller_confidence: float = 0.0  # drop new points the labeller labels less surely
     select_metric: str = "accuracy"  # accuracy | macro_f1: picks the best theta, round and model
+    ablation: bool = False  # also re-run Agora's warm-started path without the new points (more epochs only)
     time_budget_s: float = 1500.0  # the Agora loop's wall clock; round 1 always runs
 
     def __post_init__(self) -> None:
         choices = {"pruning": ("halving", "paper"), "embedder": ("source", "labeller"),
-                   "select_metric": ("accuracy", "macro_f1")}
+                   "mistakes": ("teachable", "all"), "select_metric": ("accuracy", "macro_f1")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"finetune.{key} must be {' or '.join(allowed)}, got {getattr(self, key)!r}")
+        if self.num_threads < 0:
+            raise ConfigError(f"finetune.num_threads must be >= 0 (0: torch's default), got {self.num_threads}")
         for key in ("seq_len", "batch_size", "eval_batch_size", "max_rounds", "points_per_mistake",
                     "candidates_per_mistake", "neighbours"):
             if getattr(self, key) < 1:
@@ -274,6 +279,9 @@ class FinetuneConfig:
                               f"got {list(self.similarity_band)}")
         if not 0.0 < self.edit_rate <= 1.0 or not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError("finetune.edit_rate must be in (0, 1] and finetune.warmup_ratio in [0, 1)")
+        if not 0.0 <= self.labeller_min_dev_accuracy <= 1.0:
+            raise ConfigError(f"finetune.labeller_min_dev_accuracy must be in [0, 1], got "
+                              f"{self.labeller_min_dev_accuracy}")
         if not 0.0 <= self.min_labeller_confidence < 1.0:
             raise ConfigError(f"finetune.min_labeller_confidence must be in [0, 1), got "
                               f"{self.min_labeller_confidence}")
@@ -331,6 +339,7 @@ class ServeConfig:
     max_batch_texts: int = 64  # texts per merged model call
     api_key_env: str = "BORT_API_KEY"  # when this variable is set, requests need X-API-Key
     access_log: bool = False
+    trace_requests: bool = False  # OpenTelemetry spans for /classify: ~0.3 ms each; for a tracing exporter
     ort_spin: bool = True  # onnxruntime threads busy-wait between calls (lower latency, more CPU)
     startup_timeout_s: float = 120.0
 

@@ -38,3 +38,75 @@ def tiny_source(tmp_path_factory, minilm_dir) -> Path:
     model.save_pretrained(folder, safe_serialization=True)
     F.load_tokenizer(minilm_dir).save_pretrained(folder)
     return folder
+
+
+# --- A fake finetune stage output (serve/ tests; reusable by any stage downstream of finetune) ---
+TINY_LABELS = ("fresh", "rotten")
+
+
+def make_tiny_classifier(folder: Path, tokenizer_dir: Path, labels=TINY_LABELS, seed: int = 0) -> Path:
+    """A tiny random BertForSequenceClassification (2/3/33/37) with ``labels`` and a real tokenizer."""
+    import torch
+    from transformers import BertForSequenceClassification
+
+    from bort import families as F
+
+    config = F.hf_config(F.Arch(*TINY_ARCH), "bert", num_labels=len(labels),
+                         id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = BertForSequenceClassification(config).eval()
+    model.save_pretrained(folder, safe_serialization=True)
+    F.load_tokenizer(tokenizer_dir).save_pretrained(folder)
+    return folder
+
+
+def write_fake_finetune(run_dir: Path, tokenizer_dir: Path, labels=TINY_LABELS, deploy: str = "agora"):
+    """``run_dir/finetune/`` as `bort finetune` leaves it: models/{labeller,plain,agora} + manifest."""
+    from bort import artifacts, config
+
+    cfg = config.resolve(["tiny"])
+    models = run_dir / "finetune" / "models"
+    for seed, name in enumerate(("labeller", "plain", "agora")):
+        make_tiny_classifier(models / name, tokenizer_dir, labels, seed=seed)
+    metrics = {"deploy": deploy, "accuracy": {"labeller": 0.5, "plain": 0.5, "agora": 0.5}}
+    return artifacts.write_manifest(run_dir, "finetune", cfg, metrics=metrics,
+                                    fingerprint=artifacts.stage_fingerprint(cfg, "finetune"))
+
+
+@pytest.fixture(scope="session")
+def tiny_finetune_run(tmp_path_factory, minilm_dir) -> Path:
+    """A run folder holding only a fake finetune stage of tiny classifiers (labels fresh/rotten)."""
+    run_dir = tmp_path_factory.mktemp("tiny_finetune_run")
+    write_fake_finetune(run_dir, minilm_dir)
+    return run_dir
+
+
+TINY_DEV_TEXTS = (
+    "a gripping, beautifully acted film", "dull and lifeless from start to finish",
+    "the best thing I have seen all year", "a tedious mess with no redeeming qualities",
+    "warm, funny and surprisingly moving", "I wanted my two hours back",
+    "an instant classic", "flat characters and a predictable plot",
+)
+
+
+def fake_task(labels=TINY_LABELS, repeat: int = 4):
+    """A stand-in for ``bort.data.prepare``'s TaskData: labels and a small dev split."""
+    from types import SimpleNamespace
+
+    dev = [SimpleNamespace(text=t, text_pair=None, label=i % len(labels))
+           for _ in range(repeat) for i, t in enumerate(TINY_DEV_TEXTS)]
+    return SimpleNamespace(name="tiny", labels=list(labels), is_pair=False, dev=dev, train=[], test=[])
+
+
+@pytest.fixture(scope="session")
+def tiny_export_run(tiny_finetune_run) -> Path:
+    """``tiny_finetune_run`` after `bort export` (tiny profile, fake dev split, few timing runs)."""
+    from bort import config
+    from serve import export
+
+    cfg = config.resolve(["tiny"], ["export.timed_runs=5", "export.warmup_runs=1"])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(export, "load_task", lambda cfg, run_dir: fake_task())
+        export.run(cfg, tiny_finetune_run)
+    return tiny_finetune_run

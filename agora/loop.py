@@ -1,0 +1,366 @@
+"""The Agora loop (method.md section 4): fine-tune per theta, learn from the best model's dev mistakes.
+
+```
+Θt <- Θ;  D <- train
+while Θt and rounds < max_rounds and time and points remain:
+    for θ in Θt: fine-tune on D with θ; score on dev E        (round 1: from the student)
+    best <- the best model of the round (kept if it beats every earlier round)
+    M <- best's mistakes on E;  N <- G(M), k per mistake;  D <- D ∪ {(x, labeller(x)) : x in N}
+    Θt <- prune(Θt) — or, once per run (``replays``), replay a round that did not improve
+return the best model over all rounds
+```
+
+Choices the paper leaves open, and ours:
+
+- **Warm start** (``warm_start``): rounds after the first continue from the best model so far for
+  ``round_epochs`` over D ∪ N, instead of re-training from the student, so a round costs about one
+  epoch, not ``epochs``: this is what fits Agora into a CPU budget. With it off, every round
+  re-trains from the student as the paper's pseudo-code does.
+- **Pruning.** ``halving`` keeps the better half of Θt (rounded down). ``paper``: "sort Θt by
+  accuracy; remove the run of sets rooted at the first element". We read it as: sort Θt by dev
+  score, worst first; the run rooted at the first element is that worst set together with every set
+  that trails it by no more than one dev example (a tie, within measurement resolution); remove
+  the run. Each rule removes at least one set per round, so either ends in at most |Θ| rounds,
+  the number of terms in the paper's 2(1 - 2^-|Θ|) bound.
+- **Replay**: when a round does not beat the best so far, it is run again once (Θt unpruned, D
+  now holding that round's new points, a fresh seed). Replays do not count as rounds.
+- **Labels** of new points come from the labeller only; the dev labels are read for the log's
+  "labeller agreement" figure, never for training.
+- **Teachable mistakes** (``mistakes=teachable``, our default; ``all`` is the paper's M): G
+  perturbs only the mistakes the labeller itself gets right. The student and the labeller come
+  from the same source model, so their errors are correlated: on Rotten Tomatoes the labeller was
+  right on only ~40% of the student's dev mistakes, and points made around the other ~60% carry
+  the labeller's (wrong) label back into training. Restricting M reads dev labels to choose which
+  mistakes to perturb; the new points' labels still come from the labeller alone.
+- **More than two classes**: mistakes are taken round-robin over their gold classes, so one
+  confusable class cannot use up a round's point budget; the model and round are picked by
+  ``select_metric`` (accuracy, or macro-F1 for imbalanced tasks).
+- A round's points are made only when another round will train on them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agora import train as T
+from agora.guard import Guard, example_key
+from agora.transform import TextTransform
+from bort.artifacts import atomic_write_json, atomic_write_text
+from bort.config import parse_theta
+from bort.data import Example
+
+log = logging.getLogger(__name__)
+
+ITERATION_SEED_STRIDE = 7919  # a prime: each iteration's runs get their own batch order and dropout
+
+
+@dataclass(frozen=True)
+class Theta:
+    """One hyperparameter set: its config text and the training spec it resolves to."""
+
+    name: str
+    spec: T.TrainSpec
+
+
+def thetas_from_config(cfg: Any) -> list[Theta]:
+    """Θ from ``cfg.finetune.thetas``; keys a set leaves out take the section's values."""
+    f = cfg.finetune
+    out = []
+    for i, text in enumerate(f.thetas):
+        v = parse_theta(text, f"finetune.thetas[{i}]")
+        spec = T.TrainSpec(lr=v.get("lr", f.lr), weight_decay=v.get("wd", f.weight_decay),
+                           warmup_ratio=v.get("warmup", f.warmup_ratio), epochs=v.get("epochs", f.epochs),
+                           batch_size=int(v.get("batch", f.batch_size)), seed=int(v.get("seed", cfg.seed)),
+                           grad_clip=f.grad_clip, freeze_word_embeddings=f.freeze_word_embeddings)
+        out.append(Theta(text, spec))
+    return out
+
+
+def prune(names: Sequence[str], score: dict[str, float], rule: str, tolerance: float) -> list[str]:
+    """Θt after a round, in Θ's order. See the module docstring for the two rules."""
+    order = sorted(range(len(names)), key=lambda i: (score[names[i]], -i))  # worst first; ties: later first
+    if rule == "halving":
+        keep = set(order[len(names) - len(names) // 2:])
+    elif rule == "paper":
+        worst = score[names[order[0]]]
+        run = [i for i in order if score[names[i]] <= worst + tolerance]
+        keep = set(order) - set(run)
+    else:
+        raise ValueError(f"unknown pruning rule {rule!r}")
+    return [names[i] for i in sorted(keep)]
+
+
+@dataclass
+class AgoraInputs:
+    """What the loop works on. `train` and `dev` have already passed the guard's filter."""
+
+    student_dir: Path
+    tokenizer: Any
+    labels: list[str]
+    train: list[Example]
+    dev: list[Example]
+    guard: Guard
+    transform: TextTransform
+    labeller: Callable[[list[Any]], np.ndarray]  # points -> class probabilities (n, n_labels)
+    plain: tuple[T.TrainSpec, Any] | None = None  # (spec, trained model): reused for an identical θ
+    labeller_dev_pred: np.ndarray | None = None  # the labeller's dev predictions (mistakes="teachable")
+
+
+@dataclass
+class AgoraResult:
+    """The best model over all rounds, its dev scores, the round log and the points added to D."""
+
+    model: Any
+    dev: dict[str, float]
+    best_iteration: int
+    rows: list[dict[str, Any]]
+    points: list[Example]
+    stop_reason: str
+    round1_model: Any = None
+
+
+@dataclass
+class _State:
+    thetas: list[str]
+    iteration: int = 0
+    round: int = 1
+    replays_used: int = 0
+    replaying: bool = False
+    best_score: float = -1.0
+    best_dev: dict[str, float] = field(default_factory=dict)
+    best_iteration: int = -1
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    points: list[Example] = field(default_factory=list)
+
+
+def run_agora(inputs: AgoraInputs, cfg: Any, checkpoint_dir: Path, fingerprint: str) -> AgoraResult:
+    """Run the loop within ``cfg.finetune``'s budgets; resume from `checkpoint_dir` when it matches."""
+    f = cfg.finetune
+    thetas = {t.name: t for t in thetas_from_config(cfg)}
+    deadline = time.time() + f.time_budget_s
+    state, best_model, round1_model = _resume(checkpoint_dir, fingerprint, list(thetas))
+    stop = "Θ exhausted"
+    while state.thetas:
+        if state.iteration > 0 and time.time() > deadline:
+            stop = f"time budget ({f.time_budget_s:.0f} s) spent"
+            break
+        started = time.time()
+        train_set = inputs.train + state.points
+        runs = _train_round(inputs, cfg, [thetas[n] for n in state.thetas], train_set, best_model, state)
+        round_best = max(runs, key=lambda r: r["score"])  # first of equals: Θ's order
+        improved = round_best["score"] > state.best_score
+        if improved:
+            best_model = round_best["model"]
+            state.best_score, state.best_dev, state.best_iteration = (
+                round_best["score"], round_best["dev"], state.iteration)
+        if state.iteration == 0:
+            round1_model = round_best["model"]
+        row = _row(state, runs, round_best, improved, len(train_set))
+        replay = not improved and state.iteration > 0 and state.replays_used < f.replays
+        left = list(state.thetas) if replay else prune(
+            state.thetas, {r["theta"]: r["score"] for r in runs}, f.pruning, 1.0 / max(1, len(inputs.dev)))
+        go_on, stop = _another_round(left, replay, f, deadline, state)
+        if go_on:
+            new, stats = _make_points(inputs, f, state)
+            row.update(stats)
+            state.points += new
+            if not new:
+                go_on, stop = False, "no new points kept"
+        row.update({"thetas_left": left if go_on else [], "seconds": round(time.time() - started, 1)})
+        state.rows.append(row)
+        log.info("agora iteration %d (round %d): dev %s %.4f, best %.4f, %d new points, Θ left %d",
+                 state.iteration, state.round, f.select_metric, round_best["score"], state.best_score,
+                 row["kept"], len(row["thetas_left"]))
+        state.replaying = replay and go_on
+        state.replays_used += int(state.replaying)
+        state.round += 0 if state.replaying else 1
+        state.iteration += 1
+        state.thetas = left if go_on else []
+        _checkpoint(checkpoint_dir, fingerprint, state, best_model, round1_model, inputs.tokenizer)
+    return AgoraResult(best_model, state.best_dev, state.best_iteration, state.rows, state.points, stop,
+                       round1_model)
+
+
+def more_epochs_only(inputs: AgoraInputs, cfg: Any, result: AgoraResult) -> Any:
+    """The ablation: Agora's chain of warm-started runs replayed on the training split alone.
+
+    From round 1's best model, each later iteration that produced a new best model (up to the
+    final one) is re-run with the same θ, seed and epochs, but on train without the new points.
+    Agora's score against this one's separates what the new points add from what the extra
+    epochs of warm-started rounds add. Without warm start it is round 1's model.
+    """
+    f = cfg.finetune
+    thetas = {t.name: t for t in thetas_from_config(cfg)}
+    model = copy.deepcopy(result.round1_model)
+    if not f.warm_start:
+        return model
+    for row in result.rows[1:result.best_iteration + 1]:
+        if row["improved"]:
+            spec = thetas[row["best_theta"]].spec
+            spec = replace(spec, seed=spec.seed + ITERATION_SEED_STRIDE * row["iteration"], epochs=f.round_epochs)
+            T.fine_tune(model, inputs.tokenizer, inputs.train, spec, f.seq_len, inputs.guard,
+                        desc=f"ablation it{row['iteration']}")
+    return model
+
+
+def _another_round(left: list[str], replay: bool, f: Any, deadline: float,
+                   state: _State) -> tuple[bool, str]:
+    """Whether a next iteration will run (so this one's points are worth making), and why not."""
+    if not left:
+        return False, "Θ exhausted"
+    if not replay and state.round >= f.max_rounds:
+        return False, f"max_rounds ({f.max_rounds}) reached"
+    if time.time() > deadline:
+        return False, f"time budget ({f.time_budget_s:.0f} s) spent"
+    if len(state.points) >= f.max_points:
+        return False, f"max_points ({f.max_points}) reached"
+    return True, ""
+
+
+def _train_round(inputs: AgoraInputs, cfg: Any, thetas: list[Theta], train_set: list[Example],
+                 best_model: Any, state: _State) -> list[dict[str, Any]]:
+    """One fine-tune per θ; each scored on dev. Only the round's best model is kept in memory."""
+    f = cfg.finetune
+    runs: list[dict[str, Any]] = []
+    kept: Any = None
+    for theta in thetas:
+        spec = replace(theta.spec, seed=theta.spec.seed + ITERATION_SEED_STRIDE * state.iteration)
+        warm = state.iteration > 0 and f.warm_start and best_model is not None
+        if warm:
+            spec = replace(spec, epochs=f.round_epochs)
+        if state.iteration == 0 and inputs.plain is not None and inputs.plain[0] == spec:
+            model = copy.deepcopy(inputs.plain[1])  # the same run, already made by plain fine-tuning
+            log.info("agora: θ %s is plain fine-tuning's setting; reusing that model", theta.name)
+        else:
+            model = copy.deepcopy(best_model) if warm else T.new_classifier(
+                inputs.student_dir, inputs.labels, spec.seed)
+            T.fine_tune(model, inputs.tokenizer, train_set, spec, f.seq_len, inputs.guard,
+                        desc=f"agora it{state.iteration} {theta.name}")
+        dev = T.evaluate(model, inputs.tokenizer, inputs.dev, f.seq_len, f.eval_batch_size, inputs.guard)
+        score = dev[f.select_metric]
+        runs.append({"theta": theta.name, "score": score, "dev": dev})
+        if kept is None or score > kept["score"]:
+            if kept is not None:
+                kept["model"] = None  # free the weights of the run it beat
+            kept = runs[-1]
+            kept["model"] = model
+    for run in runs:
+        run.setdefault("model", None)
+    return runs
+
+
+def _row(state: _State, runs: list[dict[str, Any]], best: dict[str, Any], improved: bool,
+         train_size: int) -> dict[str, Any]:
+    """The round log's row for this iteration (the points columns are filled in later)."""
+    return {
+        "iteration": state.iteration, "round": state.round, "replay": state.replaying,
+        "thetas": [r["theta"] for r in runs], "dev_by_theta": {r["theta"]: r["score"] for r in runs},
+        "best_theta": best["theta"], "dev_accuracy": best["dev"]["accuracy"],
+        "dev_macro_f1": best["dev"]["macro_f1"], "best_so_far": state.best_score, "improved": improved,
+        "train_size": train_size, "mistakes": best["dev"]["mistakes"],
+        "mistakes_used": 0, "candidates": 0, "in_band": 0, "made": 0, "kept": 0,
+        "labeller_agreement": None, "mean_similarity": None,
+    }
+
+
+def _balanced_mistakes(dev: list[Example], pred: np.ndarray, cap: int, rng: np.random.Generator,
+                       teacher: np.ndarray | None = None) -> tuple[list[Example], dict[int, int]]:
+    """Mistakes on dev, interleaved over gold classes (each class shuffled), at most `cap`.
+
+    With `teacher` (the labeller's dev predictions), only the mistakes the labeller gets right.
+    """
+    by_class: dict[int, list[Example]] = {}
+    for i, (ex, p) in enumerate(zip(dev, pred, strict=True)):
+        if ex.label != p and (teacher is None or teacher[i] == ex.label):
+            by_class.setdefault(ex.label, []).append(ex)
+    counts = {label: len(v) for label, v in sorted(by_class.items())}
+    queues = [[v[i] for i in rng.permutation(len(v))] for _, v in sorted(by_class.items())]
+    out: list[Example] = []
+    while len(out) < cap and any(queues):
+        for q in queues:
+            if q and len(out) < cap:
+                out.append(q.pop(0))
+    return out, counts
+
+
+def _make_points(inputs: AgoraInputs, f: Any, state: _State) -> tuple[list[Example], dict[str, Any]]:
+    """N = G(M) for the mistakes M of the best model so far, labelled by the labeller.
+
+    Returns:
+        The examples kept for D, and the log's points columns.
+    """
+    rng = np.random.default_rng([state.iteration, 0xA60A])
+    room = min(f.max_points_per_round, f.max_points - len(state.points))
+    cap = max(1, room // f.points_per_mistake)
+    teacher = inputs.labeller_dev_pred if f.mistakes == "teachable" else None
+    mistakes, per_class = _balanced_mistakes(inputs.dev, state.best_dev["pred"], cap, rng, teacher)
+    points, g = inputs.transform(mistakes, rng)
+    probs = inputs.labeller(points) if points else np.zeros((0, len(inputs.labels)))
+    labels, confidence = probs.argmax(axis=1), probs.max(axis=1) if len(probs) else np.zeros(0)
+    seen = {example_key(e) for e in inputs.train + state.points}
+    new, agree = [], []
+    for p, label, conf in zip(points, labels, confidence, strict=True):
+        ex = Example(p.text, int(label), p.text_pair, f"agora-{state.iteration}")
+        if conf < f.min_labeller_confidence or example_key(ex) in seen or len(new) >= room:
+            continue
+        seen.add(example_key(ex))
+        new.append(ex)
+        agree.append(int(label) == mistakes[p.origin].label)
+    inputs.guard.check(new, "Agora's new points")
+    stats = {"mistakes_per_class": {inputs.labels[k]: v for k, v in per_class.items()},
+             "mistakes_used": len(mistakes) - g.refused_inputs, "refused_test_texts": g.refused_inputs,
+             "candidates": g.candidates, "in_band": g.in_band, "guard_dropped": g.guard_dropped,
+             "made": g.made, "kept": len(new),
+             "labeller_agreement": round(float(np.mean(agree)), 4) if agree else None,
+             "mean_similarity": round(float(np.mean(g.similarities)), 4) if g.similarities else None}
+    return new, stats
+
+
+def _checkpoint(folder: Path, fingerprint: str, state: _State, best_model: Any, round1_model: Any,
+                tokenizer: Any) -> None:
+    """Everything a resumed run needs: the state, the points added so far, the best models."""
+    if state.best_iteration == state.iteration - 1:
+        T.save_classifier(best_model, tokenizer, folder / "best")
+    if state.iteration == 1:
+        T.save_classifier(round1_model, tokenizer, folder / "round1")
+    atomic_write_text(folder / "points.jsonl", "".join(
+        json.dumps([e.text, e.label, e.text_pair, e.group]) + "\n" for e in state.points))
+    atomic_write_json(folder / "state.json", {
+        "fingerprint": fingerprint, "thetas": state.thetas, "iteration": state.iteration,
+        "round": state.round, "replays_used": state.replays_used, "replaying": state.replaying,
+        "best_score": state.best_score, "best_dev": _jsonable(state.best_dev),
+        "best_iteration": state.best_iteration, "rows": _jsonable(state.rows)})
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+def _resume(folder: Path, fingerprint: str, thetas: list[str]) -> tuple[_State, Any, Any]:
+    """A fresh state, or the checkpointed one when it was made with the same fingerprint."""
+    path = folder / "state.json"
+    fresh = _State(thetas=thetas), None, None
+    if not path.is_file():
+        return fresh
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if data.get("fingerprint") != fingerprint or not (folder / "best").is_dir() \
+            or not (folder / "round1").is_dir():
+        return fresh
+    lines = (folder / "points.jsonl").read_text(encoding="utf-8").splitlines()
+    points = [Example(t, int(label), pair, group) for t, label, pair, group in map(json.loads, lines)]
+    best_dev = {**data["best_dev"], "pred": np.array(data["best_dev"]["pred"], dtype=np.int64)}
+    state = _State(thetas=data["thetas"], iteration=data["iteration"], round=data["round"],
+                   replays_used=data["replays_used"], replaying=data["replaying"],
+                   best_score=data["best_score"], best_dev=best_dev,
+                   best_iteration=data["best_iteration"], rows=data["rows"], points=points)
+    log.info("agora: resuming at iteration %d from %s", state.iteration, folder)
+    return state, T.load_classifier(folder / "best"), T.load_classifier(folder / "round1")

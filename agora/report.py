@@ -1,0 +1,109 @@
+"""The finetune stage's outputs besides the models: rounds.{json,csv}, accuracy.png, report.md."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from bort.artifacts import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+CSV_COLUMNS = ("iteration", "round", "replay", "thetas", "best_theta", "dev_accuracy", "dev_macro_f1",
+               "best_so_far", "improved", "train_size", "mistakes", "mistakes_used", "candidates", "in_band",
+               "made", "kept", "labeller_agreement", "mean_similarity", "thetas_left", "seconds")
+
+
+def write_rounds(folder: Path, rows: list[dict[str, Any]]) -> None:
+    """The per-round log: every field in JSON, the main ones in CSV (lists joined with ``|``)."""
+    atomic_write_json(folder / "rounds.json", rows)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "|".join(v) if isinstance(v, list) else v for k, v in row.items()})
+    atomic_write_text(folder / "rounds.csv", buf.getvalue())
+
+
+def plot_rounds(path: Path, rows: list[dict[str, Any]], dev: dict[str, dict[str, float]], metric: str) -> None:
+    """Dev score of every θ run and of each iteration's best, against the plain and labeller lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    xs = [r["iteration"] for r in rows]
+    for r in rows:
+        scores = list(r["dev_by_theta"].values())
+        ax.scatter([r["iteration"]] * len(scores), scores, s=14, color="0.6", zorder=2)
+    ax.plot(xs, [r["dev_by_theta"][r["best_theta"]] for r in rows], "o-", color="C2", label="Agora, round best",
+            zorder=3)
+    ax.axhline(dev["plain"][metric], color="C0", ls="--", label=f"plain ({dev['plain'][metric]:.3f})")
+    ax.axhline(dev["labeller"][metric], color="C3", ls=":", label=f"labeller ({dev['labeller'][metric]:.3f})")
+    ax.set_xticks(xs, [f"{r['round']}{'r' if r['replay'] else ''}" for r in rows])
+    ax.set_xlabel("round (r: replay)")
+    ax.set_ylabel(f"dev {metric.replace('_', '-')}")
+    ax.set_title("Agora: dev score per round (grey: each θ)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}"
+
+
+def write_report(folder: Path, metrics: dict[str, Any], rows: list[dict[str, Any]], cfg: Any) -> None:
+    """``report.md``: the three models side by side on the untouched test split, then the rounds."""
+    names = ("labeller", "plain", "agora")
+    lines = [
+        f"# Fine-tuning report: {metrics['task']}", "",
+        f"Deployed model: **{metrics['deploy']}** ({metrics['deploy_reason']}).", "",
+        "Test accuracy is measured on the test split, which no model trained or was selected on "
+        "(enforced by `agora.guard.Guard`). Dev scores of Agora are optimistic: its new points are "
+        "perturbations of dev mistakes.", "",
+        "| model | test accuracy | test macro-F1 | dev accuracy | dev macro-F1 | seconds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        lines.append(f"| {name} | {_pct(metrics['accuracy'][name])} | {_pct(metrics['macro_f1'][name])} | "
+                     f"{_pct(metrics['dev_accuracy'][name])} | {_pct(metrics['dev_macro_f1'][name])} | "
+                     f"{metrics['seconds'][name]} |")
+    enum = metrics["enumeration"]
+    lines.append(f"| Θ enumeration (round 1 only, no new points) | {_pct(enum['accuracy'])} | "
+                 f"{_pct(enum['macro_f1'])} | {_pct(enum['dev_accuracy'])} | | |")
+    if "ablation" in metrics:
+        ab = metrics["ablation"]
+        lines.append(f"| Agora's path without its new points (more epochs only) | {_pct(ab['accuracy'])} | "
+                     f"{_pct(ab['macro_f1'])} | {_pct(ab['dev_accuracy'])} | | {ab['seconds']} |")
+    lines += [
+        "",
+        f"Gap closed by Agora: {metrics['gap_closed_text']}.", "",
+        f"Rounds: {metrics['rounds']} ({metrics['iterations']} iterations, {metrics['replays']} replay(s)); "
+        f"new points made {metrics['points_made']}, kept {metrics['points_kept']}; "
+        f"stopped because: {metrics['stop_reason']}.", "",
+        "## Rounds", "",
+        "| round | Θ | best θ | dev acc | dev F1 | mistakes | G tries | in band | kept | labeller agrees | s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        agree = "n/a" if r.get("labeller_agreement") is None else f"{r['labeller_agreement']:.2f}"
+        lines.append(f"| {r['round']}{' (replay)' if r['replay'] else ''} | {len(r['thetas'])} | "
+                     f"`{r['best_theta']}` | {_pct(r['dev_accuracy'])} | {_pct(r['dev_macro_f1'])} | "
+                     f"{r['mistakes']} | {r['candidates']} | {r['in_band']} | {r['kept']} | {agree} | "
+                     f"{r['seconds']} |")
+    lines += [
+        "", "![dev score per round](accuracy.png)", "",
+        "## Settings", "",
+        f"Labels: {', '.join(metrics['labels'])}; sizes: {json.dumps(metrics['sizes'])}. "
+        f"Test texts guarded: {metrics['guard']['test_texts']}; dropped on contact: "
+        f"{json.dumps(metrics['guard']['dropped'])}.", "",
+        "```json", json.dumps(cfg.to_dict()["finetune"], indent=2), "```", "",
+    ]
+    atomic_write_text(folder / "report.md", "\n".join(lines))

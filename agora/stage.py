@@ -1,0 +1,288 @@
+"""``bort finetune``: the labeller, plain fine-tuning and Agora, side by side on the same splits.
+
+Outputs in ``<run>/finetune/``: ``models/{labeller,plain,agora}/`` (Hugging Face sequence
+classifiers with label maps), ``rounds.{json,csv}``, ``accuracy.png``, ``report.md`` and the
+manifest, whose metrics give each model's test accuracy and macro-F1 and which one to deploy.
+The labeller and plain models are cached as parts (``parts/*.json``): a rerun with other Agora
+settings reuses them. The Agora loop checkpoints every round under ``checkpoints/agora``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agora import loop, report
+from agora import train as T
+from agora.guard import Guard
+from agora.transform import GSettings, Neighbours, TextTransform, has_mlm_head, sentence_embedder
+from bort import families as F
+from bort.artifacts import (
+    MANIFEST,
+    Manifest,
+    atomic_write_json,
+    is_up_to_date,
+    read_manifest,
+    sha256_file,
+    stage_dir,
+    stage_fingerprint,
+    write_manifest,
+)
+from bort.errors import ArtifactError, BortError, ConfigError
+
+log = logging.getLogger(__name__)
+STAGE = "finetune"
+TRAIN_KEYS = ("seq_len", "batch_size", "weight_decay", "warmup_ratio", "grad_clip", "freeze_word_embeddings")
+
+
+class LabellerTooWeakError(BortError):
+    """The labeller's dev accuracy is not above ``finetune.labeller_min_dev_accuracy``."""
+
+
+@dataclass
+class Trained:
+    """A classifier, its tokenizer, its dev scores and how long it took (0 when cached)."""
+
+    model: Any
+    tokenizer: Any
+    dev: dict[str, Any]
+    seconds: float
+    cached: bool = False
+
+
+def run(cfg: Any, run_dir: Path, args: Any = None) -> Manifest:
+    """Make the labeller, plain and Agora classifiers; write models, log, plot, report, manifest."""
+    import torch
+
+    from bort import data
+
+    started, run_dir = time.time(), Path(run_dir)
+    if cfg.finetune.num_threads:
+        torch.set_num_threads(cfg.finetune.num_threads)
+    student_dir, upstream = locate_student(cfg, run_dir)
+    fingerprint = stage_fingerprint(cfg, STAGE, upstream={"pretrain": upstream})
+    if is_up_to_date(run_dir, STAGE, fingerprint):
+        log.info("finetune is up to date in %s", run_dir)
+        return read_manifest(run_dir, STAGE)
+    out = stage_dir(run_dir, STAGE)
+    (out / MANIFEST).unlink(missing_ok=True)  # a half-done rerun must not look finished
+    task = data.prepare(cfg, run_dir)
+    guard = Guard(task.test)
+    train, dev = guard.filter(task.train, "train"), guard.filter(task.dev, "dev")
+    source = F.resolve_source(cfg.source.model)
+    labeller = ensure_labeller(cfg, out, source, task.labels, train, dev, guard)
+    check_labeller(labeller, cfg)
+    plain = ensure_plain(cfg, out, student_dir, upstream, task.labels, train, dev, guard)
+    agora_started = time.time()
+    inputs = _agora_inputs(cfg, source, student_dir, task.labels, train, dev, guard, labeller, plain)
+    result = loop.run_agora(inputs, cfg, out / "checkpoints" / "agora", fingerprint)
+    T.save_classifier(result.model, plain.tokenizer, out / "models" / "agora")
+    agora = Trained(result.model, plain.tokenizer, result.dev, round(time.time() - agora_started, 1))
+    metrics = _metrics(cfg, task, {"labeller": labeller, "plain": plain, "agora": agora}, result, guard)
+    if cfg.finetune.ablation:
+        metrics["ablation"] = _ablation(cfg, inputs, result, task.test)
+    metrics["seconds"]["total"] = round(time.time() - started, 1)
+    report.write_rounds(out, result.rows)
+    report.plot_rounds(out / "accuracy.png", result.rows, {"plain": plain.dev, "labeller": labeller.dev},
+                       cfg.finetune.select_metric)
+    report.write_report(out, metrics, result.rows, cfg)
+    return write_manifest(run_dir, STAGE, cfg, fingerprint=fingerprint, metrics=metrics,
+                          inputs={"pretrain": upstream}, started=started)
+
+
+def locate_student(cfg: Any, run_dir: Path) -> tuple[Path, str]:
+    """The student's folder and the fingerprint it stands for (pretrain's, or a folder's hash)."""
+    if cfg.finetune.student:
+        folder = Path(cfg.finetune.student).expanduser()
+        weights = folder / "model.safetensors"
+        if not (folder / "config.json").is_file() or not weights.is_file():
+            raise ConfigError(f"finetune.student {str(folder)!r} must be a Hugging Face encoder folder with "
+                              "config.json and model.safetensors; or leave it empty to use `bort pretrain`'s")
+        return folder.resolve(), "folder:" + sha256_file(weights)[:16]
+    try:
+        manifest = read_manifest(run_dir, "pretrain")
+    except ArtifactError as e:
+        raise ArtifactError(f"{e}; or set finetune.student to an encoder folder") from e
+    return manifest.dir / "model", manifest.fingerprint
+
+
+def _part_fingerprint(cfg: Any, keys: tuple[str, ...], extra: dict[str, Any]) -> str:
+    f = cfg.to_dict()["finetune"]
+    blob = {"seed": cfg.seed, "task": cfg.to_dict()["task"], **{k: f[k] for k in keys}, **extra}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _cached(out: Path, name: str, fingerprint: str) -> dict[str, Any] | None:
+    """The part record when models/<name> was made with this fingerprint and is unchanged."""
+    record, weights = out / "parts" / f"{name}.json", out / "models" / name / "model.safetensors"
+    if not record.is_file() or not weights.is_file():
+        return None
+    data = json.loads(record.read_text(encoding="utf-8"))
+    if data.get("fingerprint") != fingerprint or data.get("sha256") != sha256_file(weights):
+        return None
+    return data
+
+
+def _train_part(cfg: Any, out: Path, name: str, fingerprint: str, encoder_dir: Path, labels: list[str],
+                spec: T.TrainSpec, train: list, dev: list, guard: Guard) -> Trained:
+    """Load a cached part, or fine-tune `encoder_dir` on train, score dev, save, record."""
+    f = cfg.finetune
+    if (record := _cached(out, name, fingerprint)) is not None:
+        log.info("%s: cached (%s)", name, out / "models" / name)
+        model = T.load_classifier(out / "models" / name)
+        return Trained(model, F.load_tokenizer(out / "models" / name), record["dev"], record["seconds"],
+                       cached=True)
+    started = time.time()
+    tokenizer = _tokenizer(encoder_dir, cfg)
+    model = T.new_classifier(encoder_dir, labels, spec.seed)
+    T.fine_tune(model, tokenizer, train, spec, f.seq_len, guard, desc=name)
+    scored = T.evaluate(model, tokenizer, dev, f.seq_len, f.eval_batch_size, guard)
+    dev_scores = {k: v for k, v in scored.items() if k != "pred"}
+    T.save_classifier(model, tokenizer, out / "models" / name)
+    seconds = round(time.time() - started, 1)
+    atomic_write_json(out / "parts" / f"{name}.json", {
+        "fingerprint": fingerprint, "dev": dev_scores, "seconds": seconds,
+        "sha256": sha256_file(out / "models" / name / "model.safetensors")})
+    log.info("%s: dev accuracy %.4f, macro-F1 %.4f (%.0f s)", name, dev_scores["accuracy"],
+             dev_scores["macro_f1"], seconds)
+    return Trained(model, tokenizer, {**dev_scores, "pred": scored["pred"]}, seconds)
+
+
+def _tokenizer(folder: Path, cfg: Any) -> Any:
+    """The folder's tokenizer; the source's when the folder has none (a bare weights folder)."""
+    if any((folder / name).is_file() for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
+        return F.load_tokenizer(folder)
+    log.warning("%s has no tokenizer files; using the source model's tokenizer", folder)
+    return F.load_tokenizer(F.resolve_source(cfg.source.model).folder)
+
+
+def ensure_labeller(cfg: Any, out: Path, source: Any, labels: list[str], train: list, dev: list,
+                    guard: Guard) -> Trained:
+    """The source model fine-tuned on the task (cached in the run for the same settings)."""
+    f = cfg.finetune
+    spec = T.TrainSpec(lr=f.labeller_lr, weight_decay=f.weight_decay, warmup_ratio=f.warmup_ratio,
+                       epochs=f.labeller_epochs, batch_size=f.batch_size, seed=cfg.seed, grad_clip=f.grad_clip,
+                       freeze_word_embeddings=f.freeze_word_embeddings)
+    fp = _part_fingerprint(cfg, (*TRAIN_KEYS, "labeller_epochs", "labeller_lr"),
+                           {"source": cfg.source.model, "source_config": source.config.to_json_string()})
+    return _train_part(cfg, out, "labeller", fp, source.folder, labels, spec, train, dev, guard)
+
+
+def check_labeller(labeller: Trained, cfg: Any) -> None:
+    """Agora needs an ok-ish labeller (the paper: dev accuracy above 2/3).
+
+    Raises:
+        LabellerTooWeakError: naming the accuracy, the threshold and what to change.
+    """
+    floor = cfg.finetune.labeller_min_dev_accuracy
+    if labeller.dev["accuracy"] <= floor:
+        raise LabellerTooWeakError(
+            f"the labeller (source model {cfg.source.model!r} fine-tuned on the task) reached dev accuracy "
+            f"{labeller.dev['accuracy']:.4f}, not above finetune.labeller_min_dev_accuracy={floor:.4f}: its "
+            "labels would teach the student noise. Train it longer (finetune.labeller_epochs), use a "
+            "stronger source model, or lower the threshold if you accept that")
+
+
+def ensure_plain(cfg: Any, out: Path, student_dir: Path, upstream: str, labels: list[str], train: list,
+                 dev: list, guard: Guard) -> Trained:
+    """The control: the student fine-tuned on the training split alone (cached like the labeller)."""
+    spec = plain_spec(cfg)
+    fp = _part_fingerprint(cfg, (*TRAIN_KEYS, "epochs", "lr"), {"student": upstream})
+    return _train_part(cfg, out, "plain", fp, student_dir, labels, spec, train, dev, guard)
+
+
+def plain_spec(cfg: Any) -> T.TrainSpec:
+    """Plain fine-tuning's settings: the ``finetune`` section's own values."""
+    f = cfg.finetune
+    return T.TrainSpec(lr=f.lr, weight_decay=f.weight_decay, warmup_ratio=f.warmup_ratio, epochs=f.epochs,
+                       batch_size=f.batch_size, seed=cfg.seed, grad_clip=f.grad_clip,
+                       freeze_word_embeddings=f.freeze_word_embeddings)
+
+
+def _agora_inputs(cfg: Any, source: Any, student_dir: Path, labels: list[str], train: list, dev: list,
+                  guard: Guard, labeller: Trained, plain: Trained) -> loop.AgoraInputs:
+    """Wire G (neighbours from the labeller, band embeddings, guard) and the labelling function."""
+    f = cfg.finetune
+    if f.embedder == "source":
+        with T.quiet_transformers():
+            encoder = F.load_encoder(source.folder, add_pooling_layer=False)
+        embed = sentence_embedder(encoder, F.load_tokenizer(source.folder), f.seq_len, f.eval_batch_size)
+    else:
+        embed = sentence_embedder(labeller.model.base_model, labeller.tokenizer, f.seq_len, f.eval_batch_size)
+    guard.attach_embeddings(embed, near_copy_cosine=f.similarity_band[1])
+    weight = labeller.model.get_input_embeddings().weight.detach().numpy()
+    mlm = None
+    if has_mlm_head(source.folder):
+        from transformers import AutoModelForMaskedLM
+
+        mlm = (AutoModelForMaskedLM.from_pretrained(source.folder, use_safetensors=True).eval(),
+               F.load_tokenizer(source.folder))
+    log.info("G: substitute / drop / swap%s", " / MLM infill" if mlm else " (no MLM head: no infill)")
+    settings = GSettings(k=f.points_per_mistake, candidates=f.candidates_per_mistake, band=f.similarity_band,
+                         edit_rate=f.edit_rate, max_words=f.seq_len)
+    transform = TextTransform(Neighbours(labeller.tokenizer, weight, f.neighbours), embed, settings, guard, mlm)
+
+    def label(points: list) -> Any:
+        return T.predict(labeller.model, labeller.tokenizer, points, f.seq_len, f.eval_batch_size)
+
+    teacher = None
+    if f.mistakes == "teachable":
+        teacher = labeller.dev.get("pred")
+        if teacher is None:  # a cached labeller: its part record keeps scores, not predictions
+            teacher = T.evaluate(labeller.model, labeller.tokenizer, dev, f.seq_len, f.eval_batch_size, guard)["pred"]
+    return loop.AgoraInputs(student_dir, plain.tokenizer, labels, train, dev, guard, transform, label,
+                            plain=(plain_spec(cfg), plain.model), labeller_dev_pred=teacher)
+
+
+def _ablation(cfg: Any, inputs: loop.AgoraInputs, result: loop.AgoraResult, test: list) -> dict[str, Any]:
+    """Scores of Agora's path re-run without its new points (see :func:`agora.loop.more_epochs_only`)."""
+    f = cfg.finetune
+    started = time.time()
+    model = loop.more_epochs_only(inputs, cfg, result)
+    dev = T.evaluate(model, inputs.tokenizer, inputs.dev, f.seq_len, f.eval_batch_size, inputs.guard)
+    scored = T.evaluate(model, inputs.tokenizer, test, f.seq_len, f.eval_batch_size)
+    return {"accuracy": scored["accuracy"], "macro_f1": scored["macro_f1"], "dev_accuracy": dev["accuracy"],
+            "seconds": round(time.time() - started, 1)}
+
+
+def _metrics(cfg: Any, task: Any, models: dict[str, Trained], result: loop.AgoraResult,
+             guard: Guard) -> dict[str, Any]:
+    """Test scores of the three models (and of round 1 alone), the deploy choice, counts and times."""
+    f = cfg.finetune
+    test = {name: T.evaluate(m.model, m.tokenizer, task.test, f.seq_len, f.eval_batch_size)
+            for name, m in models.items()}
+    enum = T.evaluate(result.round1_model, models["plain"].tokenizer, task.test, f.seq_len, f.eval_batch_size)
+    metric = f.select_metric
+    plain_dev, agora_dev = models["plain"].dev[metric], models["agora"].dev[metric]
+    deploy = "plain" if plain_dev > agora_dev else "agora"
+    reason = (f"plain fine-tuning beat Agora on dev {metric} ({plain_dev:.4f} > {agora_dev:.4f})"
+              if deploy == "plain" else f"best dev {metric}: agora {agora_dev:.4f} >= plain {plain_dev:.4f}")
+    acc = {name: test[name]["accuracy"] for name in models}
+    gap = acc["labeller"] - acc["plain"]
+    closed = (acc["agora"] - acc["plain"]) / gap if gap > 0 else None
+    first = result.rows[0]
+    return {
+        "task": task.name, "labels": list(task.labels), "deploy": deploy, "deploy_reason": reason,
+        "accuracy": acc, "macro_f1": {n: test[n]["macro_f1"] for n in models},
+        "dev_accuracy": {n: m.dev["accuracy"] for n, m in models.items()},
+        "dev_macro_f1": {n: m.dev["macro_f1"] for n, m in models.items()},
+        "enumeration": {"accuracy": enum["accuracy"], "macro_f1": enum["macro_f1"],
+                        "dev_accuracy": first["dev_accuracy"]},
+        "gap_closed": None if closed is None else round(closed, 4),
+        "gap_closed_text": "n/a (the labeller is not ahead of plain on test)" if closed is None else
+        f"{100 * closed:.0f}% of the labeller's {100 * gap:.2f}-point lead over plain on test",
+        "rounds": max(r["round"] for r in result.rows), "iterations": len(result.rows),
+        "replays": sum(bool(r["replay"]) for r in result.rows), "best_iteration": result.best_iteration,
+        "points_made": sum(r["made"] for r in result.rows), "points_kept": sum(r["kept"] for r in result.rows),
+        "stop_reason": result.stop_reason, "labeller_cached": models["labeller"].cached,
+        "plain_cached": models["plain"].cached,
+        "seconds": {name: m.seconds for name, m in models.items()},
+        "guard": {"test_texts": len(guard), "dropped": dict(guard.dropped)},
+        "sizes": {"train": len(task.train), "dev": len(task.dev), "test": len(task.test)},
+        "models": {name: f"models/{name}" for name in models},
+    }

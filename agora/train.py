@@ -1,0 +1,246 @@
+"""Classifier fine-tuning on CPU: length-bucketed batches, AdamW with warm-up and linear decay.
+
+One loop serves the labeller, plain fine-tuning and every Agora run. Texts are tokenised once
+without padding; batches gather texts of similar length (shuffled in pools, sorted inside a
+pool) so a batch pads to its own longest text, not to ``seq_len``: on Rotten Tomatoes (median 27
+tokens) that is about 2x fewer token positions than padding to 64. Every set a model is trained
+on passes the test :class:`~agora.guard.Guard` first.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from agora.guard import Guard
+
+log = logging.getLogger(__name__)
+
+POOL_BATCHES = 50  # a shuffled pool of this many batches is sorted by length, then cut into batches
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """How one fine-tune runs. `seed` fixes the head's initialisation and the batch order."""
+
+    lr: float
+    weight_decay: float
+    warmup_ratio: float
+    epochs: float
+    batch_size: int
+    seed: int
+    grad_clip: float = 1.0
+    freeze_word_embeddings: bool = True
+
+
+@dataclass
+class Encoded:
+    """Token ids per example (no padding), their lengths and labels."""
+
+    input_ids: list[list[int]]
+    token_type_ids: list[list[int]] | None
+    labels: np.ndarray
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+
+
+def encode(tokenizer: Any, examples: Sequence[Any], seq_len: int) -> Encoded:
+    """Tokenise examples (pairs as two segments), truncated to `seq_len`, unpadded; labels if they have any."""
+    texts = [e.text for e in examples]
+    pairs = [e.text_pair for e in examples] if examples and examples[0].text_pair is not None else None
+    enc = tokenizer(texts, pairs, truncation=True, max_length=seq_len, padding=False)
+    types = enc.get("token_type_ids") if pairs is not None else None
+    labels = np.array([getattr(e, "label", -1) for e in examples], dtype=np.int64)  # -1: unlabelled
+    return Encoded(enc["input_ids"], types, labels)
+
+
+def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator | None) -> list[np.ndarray]:
+    """Index batches of similar length. With `rng`: shuffled pools, shuffled batch order; else sorted."""
+    if rng is None:
+        order = np.argsort(lengths, kind="stable")
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    order = rng.permutation(len(lengths))
+    pool = batch_size * POOL_BATCHES
+    batches = []
+    for start in range(0, len(order), pool):
+        chunk = order[start:start + pool]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def collate(data: Encoded, idx: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
+    """Pad the batch `idx` to its longest member: (batch, max_len) tensors."""
+    width = max(len(data.input_ids[i]) for i in idx)
+    ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(idx), width), dtype=torch.long)
+    types = torch.zeros((len(idx), width), dtype=torch.long) if data.token_type_ids is not None else None
+    for row, i in enumerate(idx):
+        n = len(data.input_ids[i])
+        ids[row, :n] = torch.tensor(data.input_ids[i])
+        mask[row, :n] = 1
+        if types is not None:
+            types[row, :n] = torch.tensor(data.token_type_ids[i])
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if types is not None:
+        batch["token_type_ids"] = types
+    return batch
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence Transformers' load-time notices ("newly initialized: classifier.*", "pooler not used"):
+    expected whenever a bare encoder becomes a classifier, or a classifier's encoder is reused."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def new_classifier(folder: str | Path, labels: list[str], seed: int) -> Any:
+    """A sequence classifier on the encoder in `folder`; the head (and a missing pooler) seeded."""
+    from transformers import AutoModelForSequenceClassification
+
+    with quiet_transformers(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoModelForSequenceClassification.from_pretrained(
+            Path(folder), num_labels=len(labels), use_safetensors=True,
+            id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)})
+
+
+def load_classifier(folder: str | Path) -> Any:
+    """A saved classifier folder (safetensors only)."""
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(Path(folder), use_safetensors=True).eval()
+
+
+def save_classifier(model: Any, tokenizer: Any, folder: str | Path) -> Path:
+    """Save model + tokenizer in Hugging Face layout, atomically (temp folder, then rename)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".{folder.name}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    old = folder.parent / f".{folder.name}.old{os.getpid()}"
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def fine_tune(model: Any, tokenizer: Any, examples: Sequence[Any], spec: TrainSpec, seq_len: int,
+              guard: Guard, desc: str = "fine-tune") -> dict[str, float]:
+    """Train `model` in place on `examples` (which must hold no test text).
+
+    Returns:
+        ``{"steps", "seconds", "loss"}`` (loss: mean of the last 50 steps).
+
+    Raises:
+        TestLeakError: an example is a test-split text.
+    """
+    guard.check(examples, desc)
+    data = encode(tokenizer, examples, seq_len)
+    rng = np.random.default_rng(spec.seed)
+    epochs_whole = math.ceil(spec.epochs)
+    plan = [length_batches(data.lengths, spec.batch_size, rng) for _ in range(epochs_whole)]
+    steps = [b for epoch in plan for b in epoch][:max(1, round(spec.epochs * len(plan[0])))]
+    model.get_input_embeddings().weight.requires_grad_(not spec.freeze_word_embeddings)
+    optimizer, scheduler = _optimizer(model, spec, len(steps))
+    labels = torch.from_numpy(data.labels)
+    losses: list[float] = []
+    started = time.time()
+    model.train()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)  # dropout masks
+        for idx in tqdm(steps, desc=desc, unit="step", leave=False, mininterval=2.0):
+            out = model(**collate(data, idx, tokenizer.pad_token_id), labels=labels[idx])
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(out.loss.item())
+    model.eval()
+    model.get_input_embeddings().weight.requires_grad_(True)
+    seconds = time.time() - started
+    log.info("%s: %d steps on %d examples in %.0f s, loss %.3f", desc, len(steps), len(examples), seconds,
+             float(np.mean(losses[-50:])))
+    return {"steps": len(steps), "seconds": round(seconds, 1), "loss": round(float(np.mean(losses[-50:])), 4)}
+
+
+def _optimizer(model: Any, spec: TrainSpec, total_steps: int) -> tuple[Any, Any]:
+    """AdamW (no decay on biases and LayerNorms), linear warm-up then linear decay to 0."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
+    groups = [{"params": decay, "weight_decay": spec.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=spec.lr)
+    warmup = int(spec.warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def predict(model: Any, tokenizer: Any, examples: Sequence[Any], seq_len: int,
+            batch_size: int = 128) -> np.ndarray:
+    """Class probabilities (n, n_labels), in the order of `examples`."""
+    if not examples:
+        return np.zeros((0, model.config.num_labels), dtype=np.float32)
+    data = encode(tokenizer, examples, seq_len)
+    out = np.zeros((len(examples), model.config.num_labels), dtype=np.float32)
+    model.eval()
+    with torch.inference_mode():
+        for idx in length_batches(data.lengths, batch_size, rng=None):
+            logits = model(**collate(data, idx, tokenizer.pad_token_id)).logits
+            out[idx] = torch.softmax(logits.float(), dim=-1).numpy()
+    return out
+
+
+def scores(gold: np.ndarray, pred: np.ndarray, n_labels: int) -> dict[str, float]:
+    """Accuracy and macro-F1 (every label counts, even one never predicted)."""
+    from sklearn.metrics import f1_score
+
+    accuracy = float(np.mean(gold == pred)) if len(gold) else 0.0
+    macro = float(f1_score(gold, pred, labels=list(range(n_labels)), average="macro", zero_division=0))
+    return {"accuracy": round(accuracy, 4), "macro_f1": round(macro, 4)}
+
+
+def evaluate(model: Any, tokenizer: Any, examples: Sequence[Any], seq_len: int, batch_size: int = 128,
+             guard: Guard | None = None, where: str = "dev") -> dict[str, Any]:
+    """Scores on `examples`, plus the predictions. With a `guard`, the set is checked first (selection).
+
+    Returns:
+        ``{"accuracy", "macro_f1", "mistakes", "pred": np.ndarray}``.
+    """
+    if guard is not None:
+        guard.check(examples, f"model selection on {where}")
+    probs = predict(model, tokenizer, examples, seq_len, batch_size)
+    pred = probs.argmax(axis=1)
+    gold = np.array([e.label for e in examples], dtype=np.int64)
+    return {**scores(gold, pred, model.config.num_labels), "mistakes": int(np.sum(pred != gold)), "pred": pred}

@@ -1,0 +1,364 @@
+"""What the HTTP service adds to the model: served p50 against raw onnxruntime p50, batch 1.
+
+For (a) a MiniLM-sized classifier (all-MiniLM-L6-v2's weights, random head) and (b) the Bort shape
+4/8/1024/768 (random weights: **speed only**), fp32 and dynamic int8, at exactly 128 tokens:
+
+- ``raw``: ``session.run`` on fixed token ids, in this process (what `bort export` records);
+- ``predict``: the whole in-process path (tokenise, run, softmax, label map);
+- ``served``: one keep-alive HTTP client, closed loop, against `bort serve`'s service on
+  127.0.0.1 (same threads), one text that truncates to 128 tokens.
+
+Rounds interleave raw and served measurements, so background load hits both alike. Variants of
+the service show where the overhead goes (batching off, ORT threads not spinning, and a
+``@bentoml.api`` service for comparison). Memory: RSS summed over the server's processes, idle
+and peak under 8 concurrent clients. Goals (issue 6): served p50 - raw p50 <= 1.5 ms;
+served / raw <= 1.3 for the Bort shape.
+
+Run: ``python bench/serve_overhead.py [--quick]``; writes bench/results/serve_overhead.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import logging
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bort import config  # noqa: E402
+from bort.artifacts import atomic_write_json, atomic_write_text, cpu_info, library_versions  # noqa: E402
+from serve import onnx_export as X  # noqa: E402
+from serve.predictor import Predictor  # noqa: E402
+from serve.server import ServerProcess  # noqa: E402
+
+log = logging.getLogger("bench.serve_overhead")
+RESULTS = ROOT / "bench" / "results"
+SEQ_LEN, THREADS = 128, 2
+TEXT = " ".join(["the film was a quiet, patient study of grief and it rarely hurried"] * 20)
+VARIANTS = {  # name -> (serve overrides, extra environment)
+    "default": ([], {}),
+    "no_batching": (["serve.batching=false"], {}),
+    "no_spin": (["serve.ort_spin=false"], {}),
+}
+
+
+def build_models(work: Path, which: list[str]) -> dict[str, Path]:
+    """Export each model to ``work/<model>/{fp32,int8}`` (cached between runs in ``work``)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from bort import assets
+    from bort import families as F
+
+    minilm = assets.model_dir("minilm")
+    tokenizer = F.load_tokenizer(minilm)
+    target, _ = X.quantization_target()
+    out = {}
+    for name in which:
+        root = work / name
+        out[name] = root
+        if (root / "int8" / "serving.json").is_file():
+            continue
+        source = root / "source"
+        labels = {0: "negative", 1: "positive"}
+        torch.manual_seed(0)
+        if name == "minilm":
+            model = AutoModelForSequenceClassification.from_pretrained(minilm, num_labels=2, id2label=labels)
+        else:  # the Bort shape, speed only
+            config_ = F.hf_config(F.BORT, "bert", num_labels=2, id2label=labels)
+            model = AutoModelForSequenceClassification.from_config(config_)
+        model.eval().save_pretrained(source, safe_serialization=True)
+        tokenizer.save_pretrained(source)
+        X.export_fp32(source, root / "fp32")
+        X.quantize_int8(root / "fp32", root / "int8", target, optimized_graph=False)
+        for precision in ("fp32", "int8"):
+            X.write_serving(root / precision, labels=list(labels.values()), is_pair=False, precision=precision,
+                            name=f"{name}:{precision}", max_seq_len=512)
+    return out
+
+
+def raw_ms(predictor: Predictor, feeds: dict, n: int) -> list[float]:
+    return _timed(lambda: predictor.logits(feeds), n)
+
+
+def _timed(call, n: int) -> list[float]:
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - start) * 1000.0)
+    return times
+
+
+def served_ms(conn: http.client.HTTPConnection, body: bytes, n: int) -> list[float]:
+    def call() -> None:
+        conn.request("POST", "/classify", body, {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        data = resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"server answered {resp.status}: {data[:200]!r}")
+    return _timed(call, n)
+
+
+def rss_mb(pids: set[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return round(total / 1024, 1)
+
+
+def load_phase(server: ServerProcess, body: bytes, users: int, seconds: float) -> dict:
+    """`users` closed-loop clients for `seconds`; peak RSS sampled every 50 ms."""
+    stop, counts, peak = time.monotonic() + seconds, [0] * users, [0.0]
+    pids = server.pids()
+
+    def client(i: int) -> None:
+        conn = http.client.HTTPConnection(server.host, server.port, timeout=30)
+        while time.monotonic() < stop:
+            served_ms(conn, body, 1)
+            counts[i] += 1
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(users)]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        peak[0] = max(peak[0], rss_mb(pids))
+        time.sleep(0.05)
+    return {"users": users, "requests_per_s": round(sum(counts) / seconds, 1), "peak_rss_mb": peak[0]}
+
+
+def measure_model(name: str, folder: Path, variants: list[str], rounds: int, n: int) -> list[dict]:
+    """Interleaved raw / predict / served rounds for each precision and service variant."""
+    rows = []
+    body = json.dumps({"texts": [TEXT]}).encode()
+    for precision in ("fp32", "int8"):
+        path = folder / precision
+        predictor = Predictor(path, num_threads=THREADS, max_seq_len=SEQ_LEN)
+        feeds = predictor.tokenize([TEXT]).feeds
+        assert feeds["input_ids"].shape == (1, SEQ_LEN), feeds["input_ids"].shape
+        for variant in variants:
+            overrides, env = VARIANTS[variant]
+            cfg = config.resolve([], ["serve.port=0", f"serve.num_threads={THREADS}",
+                                      f"serve.max_seq_len={SEQ_LEN}", *overrides])
+            log_path = Path(tempfile.gettempdir()) / f"bort-bench-{name}-{precision}-{variant}.log"
+            with ServerProcess(path, cfg.serve, log_path=log_path, env=env) as server:
+                raw_ms(predictor, feeds, 20)
+                raw, pred, served = [], [], []
+                for _ in range(rounds):
+                    raw += raw_ms(predictor, feeds, n)
+                    pred += _timed(lambda p=predictor: p.predict(texts=[TEXT]), n // 2)
+                    # A fresh keep-alive connection per round: the server closes idle ones after 5 s.
+                    conn = http.client.HTTPConnection(server.host, server.port, timeout=30)
+                    served_ms(conn, body, 10)
+                    served += served_ms(conn, body, n)
+                    conn.close()
+                idle = rss_mb(server.pids())
+                load = load_phase(server, body, users=8, seconds=4.0)
+            rows.append(summarise(name, precision, variant, raw, pred, served, idle, load, server.ready_s))
+            log.info("%s", rows[-1])
+    return rows
+
+
+def summarise(name, precision, variant, raw, pred, served, idle, load, ready_s) -> dict:
+    p = {k: float(np.percentile(v, 50)) for k, v in (("raw", raw), ("predict", pred), ("served", served))}
+    return {
+        "model": name, "precision": precision, "variant": variant,
+        "raw_p50_ms": round(p["raw"], 3), "predict_p50_ms": round(p["predict"], 3),
+        "served_p50_ms": round(p["served"], 3), "served_p90_ms": round(float(np.percentile(served, 90)), 3),
+        "overhead_ms": round(p["served"] - p["raw"], 3), "http_overhead_ms": round(p["served"] - p["predict"], 3),
+        "served_over_raw": round(p["served"] / p["raw"], 3), "requests": len(served),
+        "idle_rss_mb": idle, "load": load, "start_to_ready_s": round(ready_s, 2),
+    }
+
+
+class StubPredictor:
+    """The predictor's interface at zero model cost: isolates what the web stack costs."""
+
+    is_pair, name, max_seq_len, labels = False, "stub", SEQ_LEN, ["negative", "positive"]
+
+    def predict(self, texts=None, pairs=None) -> list[dict]:
+        return [{"label": "positive", "score": 0.9, "scores": {"negative": 0.1, "positive": 0.9},
+                 "truncated": False} for _ in texts]
+
+
+async def _asgi_post(app, body: bytes) -> int:
+    """One in-process POST /classify through an ASGI app (no sockets); returns the status."""
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/classify", "raw_path": b"/classify", "query_string": b"",
+             "root_path": "", "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 3000),
+             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
+    messages = iter([{"type": "http.request", "body": body, "more_body": False}])
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return next(messages, {"type": "http.disconnect"})
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent[0]["status"]
+
+
+STACKS = ("starlette route alone", "route mounted in BentoML (ours)",
+          "route mounted in BentoML, OpenTelemetry spans on", "@bentoml.api method")
+
+
+def stack_times(stack: str, folder: Path, n: int) -> list[float]:
+    """ms per in-process request through one web stack with a stub model (one stack per process:
+    two BentoML apps in one process would register the same Prometheus metrics)."""
+    import asyncio
+
+    import bentoml
+
+    os.environ["BORT_SERVE_MODEL_DIR"] = str(folder)
+    from serve import service
+    from serve.app import Engine, build_app
+    from serve.validation import ServiceSettings
+
+    @bentoml.service(name="api-compare", logging={"access": {"enabled": False}})
+    class ApiClassifier:
+        @bentoml.api
+        def classify(self, texts: list[str]) -> dict:
+            return {"results": StubPredictor().predict(texts=texts), "model": "stub", "truncated_to_tokens": 128}
+
+    if stack == STACKS[0]:
+        app = build_app()
+        app.state.engine = Engine(StubPredictor(), ServiceSettings())
+    else:
+        app = ApiClassifier.to_asgi() if stack == STACKS[3] else service.Classifier.to_asgi()
+    body = json.dumps({"texts": ["a short review"]}).encode()
+
+    async def run() -> list[float]:
+        started = asyncio.Event()
+        events = iter([{"type": "lifespan.startup"}])
+
+        async def receive() -> dict:
+            event = next(events, None)
+            if event is None:
+                await asyncio.Event().wait()
+            return event
+
+        async def send(message: dict) -> None:
+            if message["type"] != "lifespan.startup.complete":
+                raise RuntimeError(f"{stack}: the app did not start: {message}")
+            started.set()
+
+        # Keep the task referenced: a collected lifespan task shuts the service down mid-run.
+        lifespan = asyncio.get_running_loop().create_task(
+            app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send))
+        await started.wait()
+        if stack in STACKS[1:3]:
+            service.http_app.state.engine.predictor = StubPredictor()
+        times = []
+        for _ in range(n + 100):
+            start = time.perf_counter()
+            status = await _asgi_post(app, body)
+            assert status == 200, status
+            times.append((time.perf_counter() - start) * 1000.0)
+        lifespan.cancel()
+        return times[100:]
+
+    return asyncio.run(run())
+
+
+def framework_overhead(folder: Path, n: int, rounds: int) -> dict:
+    """p50 ms per request of each stack; stacks alternate across `rounds` fresh processes."""
+    import subprocess
+
+    times: dict[str, list[float]] = {stack: [] for stack in STACKS}
+    for _ in range(rounds):
+        for stack in STACKS:
+            env = {**os.environ, "BORT_SERVE_TRACE": "1" if stack == STACKS[2] else "0"}
+            out = subprocess.run([sys.executable, __file__, "--stack", stack, "--stack-folder", str(folder),
+                                  "--requests", str(n)], capture_output=True, text=True, timeout=300, check=True,
+                                 env=env)
+            times[stack] += json.loads(out.stdout.strip().splitlines()[-1])
+    return {stack: round(float(np.percentile(t, 50)), 3) for stack, t in times.items()}
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    lines = [
+        "# Served vs raw onnxruntime latency (batch 1, 128 tokens)", "",
+        f"CPU: {meta['cpu']['model']} ({meta['cpu']['usable_cores']} usable cores), threads {THREADS}, "
+        f"one keep-alive HTTP client on 127.0.0.1; {meta['rounds']} interleaved rounds x {meta['n']} requests. "
+        "Bort shape: random weights, **speed only**. Other processes share this machine: read the ratios.", "",
+        "| model | precision | service | raw p50 | in-process predict p50 | served p50 (p90) | "
+        "added by server | served/raw | RSS idle / peak (8 users) | req/s (8 users) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        goal = " ✓" if r["overhead_ms"] <= 1.5 else " ✗"
+        lines.append(
+            f"| {r['model']} | {r['precision']} | {r['variant']} | {r['raw_p50_ms']:.2f} | {r['predict_p50_ms']:.2f} | "
+            f"{r['served_p50_ms']:.2f} ({r['served_p90_ms']:.2f}) | {r['overhead_ms']:.2f}{goal} | "
+            f"{r['served_over_raw']:.2f} | {r['idle_rss_mb']:.0f} / {r['load']['peak_rss_mb']:.0f} MB | "
+            f"{r['load']['requests_per_s']:.0f} |")
+    lines += ["", "Times in ms. *added by server* = served p50 - raw p50 (goal <= 1.5 ms); it includes "
+              "tokenisation, which *in-process predict* shows alone. Goal for the Bort shape: served/raw <= 1.3."]
+    if meta.get("framework"):
+        lines += ["", "## Where the overhead goes: one request through each web stack in-process, no model", "",
+                  "| stack | p50 ms per request |", "|---|---|"]
+        lines += [f"| {name} | {ms:.3f} |" for name, ms in meta["framework"].items()]
+        lines += ["", "Sockets, HTTP parsing (uvicorn's h11) and the client are not in these figures; "
+                  "*added by server* above minus *in-process predict - raw* is their share."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer requests, default variant only")
+    parser.add_argument("--models", default="minilm,bort", help="comma list: minilm, bort")
+    parser.add_argument("--variants", default=None, help=f"comma list of {', '.join(VARIANTS)}")
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--requests", type=int, default=None, help="requests per round")
+    parser.add_argument("--fastio-path", default=None,
+                        help="folder holding httptools and uvloop (pip install --target DIR httptools uvloop): "
+                             "adds a service variant where uvicorn uses them")
+    parser.add_argument("--work", default=str(ROOT / ".cache" / "bench-serve"), help="exported models cache")
+    parser.add_argument("--stack", choices=STACKS, help=argparse.SUPPRESS)  # internal: one framework run
+    parser.add_argument("--stack-folder", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.stack:
+        logging.disable(logging.WARNING)
+        print(json.dumps(stack_times(args.stack, Path(args.stack_folder), args.requests)))
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    rounds = args.rounds or (2 if args.quick else 4)
+    n = args.requests or (50 if args.quick else 150)
+    if args.fastio_path:
+        VARIANTS["httptools_uvloop"] = ([], {"PYTHONPATH": os.pathsep.join([args.fastio_path, str(ROOT)])})
+    variants = (args.variants or ("default" if args.quick else ",".join(VARIANTS))).split(",")
+    models = build_models(Path(args.work), args.models.split(","))
+    framework = framework_overhead(next(iter(models.values())) / "int8", n=4 * n, rounds=2)
+    log.info("framework overhead: %s", framework)
+    rows = [row for name, folder in models.items() for row in measure_model(name, folder, variants, rounds, n)]
+    meta = {"cpu": cpu_info(), "versions": library_versions(), "seq_len": SEQ_LEN, "threads": THREADS,
+            "rounds": rounds, "n": n, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "load_average": os.getloadavg(), "framework": framework}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(RESULTS / "serve_overhead.json", {"meta": meta, "rows": rows})
+    atomic_write_text(RESULTS / "serve_overhead.md", markdown(rows, meta))
+    print(markdown(rows, meta))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Run Locust headless as a bounded subprocess against a service on 127.0.0.1.
+
+Locust runs in its own process group with a hard timeout (its run time plus a grace period); on
+timeout, or anything else, the group is killed. Its CPU time is measured too: on a small machine
+the load generator competes with the server for the same cores, and the report says how much.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bort.errors import BortError
+from loadtest.servers import HOST, group_members
+
+log = logging.getLogger(__name__)
+
+LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One bounded Locust run: constant users for warm-up + duration seconds."""
+
+    users: int
+    duration_s: float
+    warmup_s: float
+    mode: str = "closed"  # closed | open
+    target_rps: float = 0.0  # open mode: total requests/s over all users
+    think_time_s: float = 0.0
+    texts_per_request: int = 1
+    seed: int = 0
+    grace_s: float = 60.0  # the hard timeout is run time + this
+
+    @property
+    def run_time_s(self) -> int:
+        return int(round(self.warmup_s + self.duration_s))
+
+
+@dataclass
+class LocustResult:
+    """Where a run's files are, its exit code, and Locust's own CPU use."""
+
+    prefix: Path
+    returncode: int
+    wall_s: float
+    cpu_s: float
+    command: list[str] = field(default_factory=list)
+
+
+def locust_env(profile: Profile, texts_file: Path, samples_prefix: Path) -> dict[str, str]:
+    """The environment variables the locustfile reads (see its docstring)."""
+    return {
+        "BORT_LOADTEST_TEXTS": str(texts_file), "BORT_LOADTEST_SAMPLES": str(samples_prefix),
+        "BORT_LOADTEST_WARMUP_S": str(profile.warmup_s), "BORT_LOADTEST_MODE": profile.mode,
+        "BORT_LOADTEST_TARGET_RPS": str(profile.target_rps), "BORT_LOADTEST_USERS": str(profile.users),
+        "BORT_LOADTEST_THINK_S": str(profile.think_time_s), "BORT_LOADTEST_SEED": str(profile.seed),
+        "BORT_LOADTEST_TEXTS_PER_REQUEST": str(profile.texts_per_request), "BORT_LOADTEST_SHAPE": "none",
+    }
+
+
+def locust_command(port: int, profile: Profile, prefix: Path, *, role: str = "local",
+                   master_port: int = 5557, expect_workers: int = 1) -> list[str]:
+    """The Locust command line. `role` is ``local``, ``master`` or ``worker`` (distributed mode).
+
+    The target host is always ``http://127.0.0.1:<port>``; master and worker talk on 127.0.0.1 too.
+    """
+    base = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--loglevel", "WARNING"]
+    if role == "worker":
+        return base + ["--worker", "--master-host", HOST, "--master-port", str(master_port)]
+    cmd = base + ["-H", f"http://{HOST}:{port}", "-u", str(profile.users), "-r", str(profile.users),
+                  "--run-time", f"{profile.run_time_s}s", "--stop-timeout", "5", "--csv", str(prefix),
+                  "--exit-code-on-error", "1", "--only-summary"]
+    if role == "master":
+        cmd += ["--master", "--master-bind-host", HOST, "--master-bind-port", str(master_port),
+                "--expect-workers", str(expect_workers), "--expect-workers-max-wait", "30"]
+    elif role != "local":
+        raise ValueError(f"role must be local, master or worker, got {role!r}")
+    return cmd
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None and not group_members(proc.pid):
+        return  # finished and nothing left in its group
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_locust(port: int, profile: Profile, texts_file: Path, prefix: Path,
+               cpus: set[int] | None = None) -> LocustResult:
+    """One bounded, headless Locust run; its CSVs and samples land next to `prefix`.
+
+    Exit code 1 means some requests failed (``--exit-code-on-error 1``); the figures still count
+    them. Anything else without a stats file is a broken run and raises.
+
+    Raises:
+        BortError: Locust did not finish within run time + grace, or wrote no statistics.
+    """
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    cmd = locust_command(port, profile, prefix)
+    env = {**os.environ, **locust_env(profile, texts_file, prefix)}
+    preexec = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+    log_path = Path(f"{prefix}_locust.log")
+    cpu0, t0 = _children_cpu_s(), time.monotonic()
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True, preexec_fn=preexec)
+        try:
+            proc.wait(timeout=profile.run_time_s + profile.grace_s)
+        except subprocess.TimeoutExpired as e:
+            raise BortError(f"Locust did not finish within {profile.run_time_s + profile.grace_s:.0f} s "
+                            f"(run time {profile.run_time_s} s); log: {log_path}") from e
+        finally:
+            _kill_group(proc)  # the group, whatever happened: nothing of Locust outlives this call
+    result = LocustResult(prefix=prefix, returncode=proc.returncode, wall_s=time.monotonic() - t0,
+                          cpu_s=_children_cpu_s() - cpu0, command=cmd)
+    if proc.returncode not in (0, 1) or not Path(f"{prefix}_stats.csv").is_file():
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
+        raise BortError(f"Locust failed (exit code {proc.returncode}); {log_path} ends:\n{tail}")
+    return result
+
+
+def run_distributed(port: int, profile: Profile, texts_file: Path, prefix: Path, workers: int = 1,
+                    master_port: int = 5557) -> LocustResult:
+    """Locust's master/worker mode on this machine: one master, `workers` workers, all on 127.0.0.1.
+
+    For loads one generator cannot produce, run the workers on other machines instead (see the
+    locustfile's docstring); here it shows the mode works end to end. The master aggregates and
+    writes the CSVs; each worker writes its own samples file.
+
+    Raises:
+        BortError: the master did not finish in time or wrote no statistics.
+    """
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **locust_env(profile, texts_file, prefix)}
+    master_cmd = locust_command(port, profile, prefix, role="master", master_port=master_port,
+                                expect_workers=workers)
+    worker_cmd = locust_command(port, profile, prefix, role="worker", master_port=master_port)
+    procs: list[subprocess.Popen] = []
+    t0 = time.monotonic()
+    try:
+        with open(f"{prefix}_locust.log", "wb") as log_file:
+            procs.append(subprocess.Popen(master_cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env,
+                                          start_new_session=True))
+            procs += [subprocess.Popen(worker_cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env,
+                                       start_new_session=True) for _ in range(workers)]
+            try:
+                procs[0].wait(timeout=profile.run_time_s + profile.grace_s + 30)  # + waiting for workers
+            except subprocess.TimeoutExpired as e:
+                raise BortError(f"Locust master did not finish in time; log: {prefix}_locust.log") from e
+            for worker in procs[1:]:  # the master tells its workers to quit when the run ends
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    worker.wait(timeout=15)
+    finally:
+        for proc in procs:
+            _kill_group(proc)
+    if not Path(f"{prefix}_stats.csv").is_file():
+        raise BortError(f"Locust master wrote no statistics (exit code {procs[0].returncode}); "
+                        f"log: {prefix}_locust.log")
+    return LocustResult(prefix=prefix, returncode=procs[0].returncode, wall_s=time.monotonic() - t0,
+                        cpu_s=0.0, command=master_cmd)

@@ -1,0 +1,127 @@
+"""How ``bort loadtest`` starts each service, and what the upstream manifests say about its accuracy.
+
+Every ONNX model is served by ``bort serve`` as a subprocess (the same code users deploy). ``bort
+serve`` serves the folder a run's ``export/deployed.json`` names for a role; to serve another
+folder (the labeller's fp32 export, an architecture-only model) we give it a small *serving run
+folder* whose export manifest and ``deployed.json`` name that folder, and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from bort import families as F
+from bort.artifacts import Manifest, atomic_write_json, atomic_write_text, write_manifest
+from bort.errors import ArtifactError
+from loadtest.measure import ModelPlan
+from loadtest.servers import HOST, ServiceSpec
+
+ROOT = Path(__file__).resolve().parent.parent  # the project folder (holds bort/, serve/, loadtest/)
+
+
+def write_config(cfg: Any, path: Path) -> Path:
+    """The run's whole resolved config as YAML, for the ``bort serve`` subprocesses (serve host
+    forced to 127.0.0.1: load-test traffic never leaves the machine)."""
+    import yaml
+
+    data = cfg.to_dict()
+    data["serve"]["host"] = HOST
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=True))
+    return path
+
+
+def _env() -> dict[str, str]:
+    return {"BENTOML_DO_NOT_TRACK": "true", "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+
+
+def bort_serve_command(run_dir: Path, role: str, port: int, config_file: Path) -> tuple[str, ...]:
+    """``python -m bort.cli serve --run-dir R --model role --port P --config file``."""
+    return (sys.executable, "-m", "bort.cli", "serve", "--run-dir", str(Path(run_dir).resolve()),
+            "--model", role, "--port", str(port), "--config", str(config_file),
+            "--set", f"serve.host={HOST}")
+
+
+def bort_serve_spec(name: str, run_dir: Path, role: str, port: int, config_file: Path,
+                    start_timeout_s: float) -> ServiceSpec:
+    """A ``bort serve`` service for `role` of `run_dir`'s export."""
+    return ServiceSpec(name=name, command=bort_serve_command(run_dir, role, port, config_file), port=port,
+                       env=_env(), start_timeout_s=start_timeout_s, cwd=str(ROOT))
+
+
+def serving_run_dir(folder: Path, where: Path, cfg: Any) -> Path:
+    """A run folder whose export names `folder` for both roles, so ``bort serve`` serves it."""
+    serving = json.loads((folder / "serving.json").read_text(encoding="utf-8"))
+    entry = {"folder": str(folder.resolve()), "precision": serving.get("precision", "fp32"),
+             "source": serving.get("name", folder.name), "decision": "chosen by bort loadtest"}
+    atomic_write_json(where / "export" / "deployed.json", {"optimized": entry, "baseline": entry})
+    write_manifest(where, "export", cfg, fingerprint="loadtest-serving",
+                   metrics={"note": "serving run folder made by bort loadtest", "folder": str(folder)})
+    return where
+
+
+def folder_spec(name: str, folder: Path, where: Path, cfg: Any, port: int, config_file: Path,
+                start_timeout_s: float) -> ServiceSpec:
+    """``bort serve`` for an exported folder that is not a run's deployed one."""
+    if not (folder / "serving.json").is_file():
+        raise ArtifactError(f"{folder} is not an exported model folder; rerun `bort export`")
+    return bort_serve_spec(name, serving_run_dir(folder, where, cfg), "baseline", port, config_file,
+                           start_timeout_s)
+
+
+def torch_spec(folder: Path, cfg: Any, port: int, start_timeout_s: float, labels: list[str] | None = None) -> ServiceSpec:
+    """The labeller served in PyTorch by :mod:`loadtest.torch_service`, same BentoML server."""
+    if not (folder / "config.json").is_file():
+        raise ArtifactError(f"{folder} (the labeller) is missing; rerun `bort finetune`")
+    command = (sys.executable, "-m", "bentoml", "serve", "loadtest.torch_service:TorchClassifier",
+               "--host", HOST, "--port", str(port), "--working-dir", str(ROOT))
+    env = {**_env(), "BORT_TORCH_MODEL_DIR": str(folder.resolve()),
+           "BORT_TORCH_THREADS": str(cfg.serve.num_threads),
+           "BORT_TORCH_MAX_SEQ_LEN": str(cfg.serve.max_seq_len), "BORT_TORCH_LABELS": json.dumps(labels or [])}
+    return ServiceSpec(name="baseline", command=command, port=port, env=env, start_timeout_s=start_timeout_s,
+                       cwd=str(ROOT))
+
+
+def shape_plan(shape: str, precision: str, labels: list[str], cfg: Any, where: Path, port: int,
+               config_file: Path, start_timeout_s: float, role: str = "baseline") -> ModelPlan:
+    """An architecture-only model (random weights) at `shape`, exported and served: speed only.
+
+    Args:
+        shape: ``L/A/H/I``, e.g. ``24/16/1024/4096``.
+        precision: ``fp32`` or ``int8``.
+        labels: class names for its (random) head, so its answers pass the load test's checks.
+        where: folder for its serving run folder.
+    """
+    from bort import assets
+    from loadtest import shapes
+
+    arch = F.Arch.parse(shape)
+    folder = shapes.shape_folder(arch, list(labels), precision, assets.model_dir("minilm"),
+                                 max_seq_len=cfg.serve.max_seq_len)
+    spec = folder_spec(role, folder, where, cfg, port, config_file, start_timeout_s)
+    return ModelPlan(role=role, label=shapes.shape_label(arch, precision), spec=spec, speed_only=True,
+                     accuracy=None, accuracy_note="speed only: random weights, accuracy meaningless")
+
+
+def accuracies(finetune: Manifest, export: Manifest) -> dict[str, Any]:
+    """Test accuracy of the deployed model and of the labeller, from the finetune manifest, with
+    the int8 effect (measured on dev by ``bort export``) stated beside it."""
+    ft, ex = finetune.metrics, export.metrics
+    deploy = str(ft.get("deploy", "optimized"))
+    accuracy = ft.get("accuracy", {}) if isinstance(ft.get("accuracy"), dict) else {}
+    precision = (ex.get("deployed") or {}).get("optimized", "fp32")
+    drop = ((ex.get("roles") or {}).get("optimized") or {}).get("int8_drop_points")
+    note = f"`{deploy}` test accuracy (PyTorch fp32)"
+    if precision == "int8" and drop is not None:
+        note += f"; served int8, {drop:.2f} points below fp32 on dev"
+    parity = ex.get("parity_max_abs_diff")
+    return {
+        "optimized": accuracy.get(deploy), "optimized_name": deploy, "optimized_precision": precision,
+        "optimized_note": note, "labeller": accuracy.get("labeller"),
+        "labeller_note": "labeller test accuracy (PyTorch); its ONNX fp32 export matches within "
+                         f"{parity:.1e} logits" if parity is not None else "labeller test accuracy (PyTorch)",
+    }

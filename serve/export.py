@@ -1,0 +1,202 @@
+"""``bort export``: the fine-tuned classifiers to ONNX (fp32 and dynamic int8), checked and timed.
+
+Two roles are exported from the finetune stage's models:
+
+- ``optimized``: the model the finetune manifest names in ``metrics["deploy"]`` (e.g. ``agora``);
+- ``baseline``: the labeller, i.e. the source model fine-tuned on the task, which the load test
+  compares against.
+
+Output: ``run_dir/export/<role>/<precision>/`` (self-contained folders the service loads),
+``deployed.json`` (which precision serves each role, and why), and the manifest, whose metrics
+carry the parity figure, fp32 and int8 dev accuracy, the int8 drop and each variant's latency.
+The deployed folders are also registered in the BentoML model store (``$BENTOML_HOME``) as
+``bort-<role>:<fingerprint>``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from bort.artifacts import (
+    Manifest,
+    atomic_write_json,
+    is_up_to_date,
+    read_manifest,
+    stage_dir,
+    stage_fingerprint,
+    write_manifest,
+)
+from bort.errors import ArtifactError
+from serve import onnx_export as X
+
+log = logging.getLogger(__name__)
+
+ROLES = ("optimized", "baseline")
+DEPLOYED_FILE = "deployed.json"
+
+
+def run(cfg: Any, run_dir: Path, args: Any = None) -> Manifest:
+    """Export, check, time and register both roles; write the export manifest last."""
+    started = time.time()
+    upstream = read_manifest(run_dir, "finetune")
+    fingerprint = stage_fingerprint(cfg, "export", upstream={"finetune": upstream.fingerprint})
+    if is_up_to_date(run_dir, "export", fingerprint):
+        log.info("export is up to date (%s); nothing to do", fingerprint)
+        return read_manifest(run_dir, "export")
+    task = load_task(cfg, run_dir)
+    sources = role_sources(upstream)
+    target, why = X.quantization_target(cfg.export.quantization)
+    log.info("int8 quantisation target: %s (%s)", target, why)
+    out_root = stage_dir(run_dir, "export")
+    out_root.mkdir(parents=True, exist_ok=True)
+    roles = {role: export_role(role, name, folder, out_root, task, cfg.export, target)
+             for role, (name, folder) in sources.items()}
+    deployed = {role: deployment_entry(role, m, fingerprint) for role, m in roles.items()}
+    atomic_write_json(out_root / DEPLOYED_FILE, deployed)
+    registered = register_bentoml(out_root, deployed, fingerprint, roles) if cfg.export.register_bentoml else {}
+    metrics = summary_metrics(roles, target, why, registered)
+    manifest = write_manifest(run_dir, "export", cfg, fingerprint=fingerprint, metrics=metrics,
+                              inputs={"finetune": upstream.fingerprint}, started=started,
+                              threads={"onnxruntime_intra_op": cfg.export.num_threads})
+    print(report_line(metrics))
+    return manifest
+
+
+def load_task(cfg: Any, run_dir: Path) -> Any:
+    """The task's labels and dev split (``bort.data``), for the checks."""
+    from bort import data
+
+    return data.prepare(cfg, run_dir)
+
+
+def role_sources(upstream: Manifest) -> dict[str, tuple[str, Path]]:
+    """``{role: (finetune model name, folder)}`` from the finetune manifest."""
+    deploy = upstream.metrics.get("deploy")
+    models = upstream.dir / "models"
+    if not deploy:
+        raise ArtifactError(f"{upstream.path} names no model to deploy (metrics.deploy); rerun `bort finetune`")
+    out = {"optimized": (str(deploy), models / str(deploy)), "baseline": ("labeller", models / "labeller")}
+    for role, (name, folder) in out.items():
+        if not (folder / "config.json").is_file():
+            raise ArtifactError(f"{folder} (the {role} model, {name}) is missing; rerun `bort finetune`")
+    return out
+
+
+def export_role(role: str, source: str, model_dir: Path, out_root: Path, task: Any, ec: Any,
+                target: str) -> dict[str, Any]:
+    """fp32 export + parity + accuracy + latency, then int8 and the keep-or-drop decision.
+
+    Builds into a hidden temporary folder and moves it into place at the end, so an interrupted
+    export never leaves a half-written ``<role>/`` folder behind.
+    """
+    tmp = out_root / f".tmp-{role}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    labels = X.labels_of(model_dir, list(task.labels))
+    sidecar = {"labels": labels, "is_pair": bool(task.is_pair), "max_seq_len": X.model_max_seq_len(model_dir)}
+    timing = {"seq_len": ec.seq_len, "num_threads": ec.num_threads, "warmup_runs": ec.warmup_runs,
+              "timed_runs": ec.timed_runs}
+
+    fp32 = tmp / "fp32"
+    X.export_fp32(model_dir, fp32, ec.optimize_graph)
+    X.write_serving(fp32, precision="fp32", name=f"{role}:{source}:fp32", **sidecar)
+    probe = task.dev[:ec.parity_texts]
+    pairs = [(e.text, e.text_pair) for e in probe] if task.is_pair else None
+    m: dict[str, Any] = {"source": source, "labels": labels, "graph_optimized": ec.optimize_graph}
+    m.update(X.check_parity(model_dir, fp32, [e.text for e in probe], pairs, ec.seq_len, ec.parity_atol))
+    evaluate = {"num_threads": ec.num_threads, "seq_len": ec.seq_len, "batch_size": ec.eval_batch_size,
+                "task_labels": list(task.labels)}
+    m["fp32_dev_accuracy"] = X.dev_accuracy(fp32, task.dev, task.is_pair, desc=f"{role} fp32 dev", **evaluate)
+    m["latency_ms"] = {"fp32": X.measure_latency(fp32, **timing)}
+    m["size_mb"] = {"fp32": X.onnx_size_mb(fp32)}
+    m["deployed_precision"], m["decision"] = "fp32", "export.quantize is false"
+
+    if ec.quantize:
+        int8 = tmp / "int8"
+        X.quantize_int8(fp32, int8, target, ec.optimize_graph)
+        X.write_serving(int8, precision="int8", name=f"{role}:{source}:int8", **sidecar)
+        m["int8_dev_accuracy"] = X.dev_accuracy(int8, task.dev, task.is_pair, desc=f"{role} int8 dev", **evaluate)
+        m["int8_drop_points"] = round((m["fp32_dev_accuracy"] - m["int8_dev_accuracy"]) * 100.0, 3)
+        m["latency_ms"]["int8"] = X.measure_latency(int8, **timing)
+        m["size_mb"]["int8"] = X.onnx_size_mb(int8)
+        m["deployed_precision"], m["decision"] = int8_decision(m["int8_drop_points"], ec.max_int8_drop_points)
+    final = out_root / role
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    log.info("%s (%s): parity %.2e, fp32 acc %.4f, deployed %s", role, source, m["parity_max_abs_diff"],
+             m["fp32_dev_accuracy"], m["deployed_precision"])
+    return m
+
+
+def int8_decision(drop_points: float, max_drop_points: float) -> tuple[str, str]:
+    """Serve int8 unless it costs more than ``max_drop_points`` of dev accuracy."""
+    if drop_points <= max_drop_points:
+        return "int8", f"int8 dev accuracy drop {drop_points:.2f} points <= {max_drop_points}"
+    return "fp32", (f"int8 dev accuracy drop {drop_points:.2f} points > export.max_int8_drop_points="
+                    f"{max_drop_points}: keeping fp32 for deployment")
+
+
+def deployment_entry(role: str, m: dict[str, Any], fingerprint: str) -> dict[str, Any]:
+    """One role's line in ``deployed.json``."""
+    precision = m["deployed_precision"]
+    return {"folder": f"{role}/{precision}", "precision": precision, "source": m["source"],
+            "decision": m["decision"], "bentoml_tag": f"bort-{role}:{fingerprint}"}
+
+
+def register_bentoml(out_root: Path, deployed: dict[str, Any], fingerprint: str,
+                     roles: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Copy each deployed folder into the BentoML model store; labels carry fingerprint and metrics."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    tags = {}
+    for role, entry in deployed.items():
+        m = roles[role]
+        labels = {"run_fingerprint": fingerprint, "role": role, "source": m["source"],
+                  "precision": entry["precision"], "parity_max_abs_diff": f"{m['parity_max_abs_diff']:.3g}",
+                  "fp32_dev_accuracy": f"{m['fp32_dev_accuracy']:.4f}",
+                  "int8_drop_points": str(m.get("int8_drop_points", "n/a")),
+                  "p50_ms": str(m["latency_ms"][entry["precision"]]["p50"])}
+        try:  # the tag is the fingerprint: re-exporting the same run replaces its entry
+            bentoml.models.delete(entry["bentoml_tag"])
+        except NotFound:
+            pass
+        with bentoml.models.create(entry["bentoml_tag"], labels=labels, metadata={"metrics": m}) as model:
+            shutil.copytree(out_root / entry["folder"], model.path, dirs_exist_ok=True)
+        tags[role] = str(model.tag)
+        log.info("registered %s in the BentoML model store (%s)", model.tag, model.path)
+    return tags
+
+
+def summary_metrics(roles: dict[str, dict[str, Any]], target: str, why: str,
+                    registered: dict[str, str]) -> dict[str, Any]:
+    """Manifest metrics: headline figures of the optimised model at the top, every role below."""
+    opt = roles["optimized"]
+    return {
+        "parity_max_abs_diff": max(m["parity_max_abs_diff"] for m in roles.values()),
+        "fp32_dev_accuracy": opt["fp32_dev_accuracy"],
+        "int8_dev_accuracy": opt.get("int8_dev_accuracy"),
+        "int8_drop_points": opt.get("int8_drop_points"),
+        "deployed": {role: m["deployed_precision"] for role, m in roles.items()},
+        "latency_ms": {role: m["latency_ms"] for role, m in roles.items()},
+        "quantization": {"target": target, "why": why},
+        "roles": roles,
+        "bentoml_models": registered,
+    }
+
+
+def report_line(metrics: dict[str, Any]) -> str:
+    """One-paragraph CLI summary."""
+    lines = [f"export: parity max |diff| {metrics['parity_max_abs_diff']:.2e}, quantisation "
+             f"{metrics['quantization']['target']}"]
+    for role, m in metrics["roles"].items():
+        lat = ", ".join(f"{p} p50 {v['p50']:.2f} ms" for p, v in m["latency_ms"].items())
+        acc = f"fp32 dev acc {m['fp32_dev_accuracy']:.4f}"
+        if "int8_dev_accuracy" in m:
+            acc += f", int8 {m['int8_dev_accuracy']:.4f} (drop {m['int8_drop_points']:.2f} pts)"
+        lines.append(f"  {role} ({m['source']}): {acc}; {lat}; serving {m['deployed_precision']}")
+    return "\n".join(lines)

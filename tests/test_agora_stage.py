@@ -1,0 +1,138 @@
+"""`bort finetune` (agora/stage.py) end to end: on a tiny model and task, and on the embedded default."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from agora_fixtures import one_thread, tiny_task  # noqa: F401  (one_thread: autouse)
+
+from agora import stage
+from bort import config as C
+from bort.artifacts import read_manifest
+from bort.errors import ArtifactError, ConfigError
+
+SMALL = ["finetune.seq_len=24", "finetune.batch_size=16", "finetune.epochs=1", "finetune.labeller_epochs=1",
+         "finetune.candidates_per_mistake=4", "finetune.similarity_band=[0.0, 0.9999]",
+         "finetune.labeller_min_dev_accuracy=0.0", "finetune.max_rounds=2"]
+
+
+@pytest.fixture(scope="module")
+def task_csv(tmp_path_factory):
+    task = tiny_task(n_train=240, n_eval=30)
+    path = tmp_path_factory.mktemp("task") / "tiny.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        for e in task.train + task.dev + task.test:
+            writer.writerow([e.text, task.labels[e.label]])
+    return path
+
+
+def tiny_stage_cfg(task_csv, tiny_source, *overrides: str):
+    return C.resolve(["tiny"], [f"task.name={task_csv}", f"source.model={tiny_source}",
+                                f"finetune.student={tiny_source}", *SMALL, *overrides])
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, task_csv, tiny_source):
+    run_dir = tmp_path_factory.mktemp("run")
+    cfg = tiny_stage_cfg(task_csv, tiny_source)
+    return cfg, run_dir, stage.run(cfg, run_dir)
+
+
+def test_stage_writes_three_classifiers_in_hugging_face_layout(finished):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    _, run_dir, manifest = finished
+    for name in ("labeller", "plain", "agora"):
+        folder = run_dir / "finetune" / "models" / name
+        assert (folder / "model.safetensors").is_file() and not list(folder.glob("*.bin"))
+        model = AutoModelForSequenceClassification.from_pretrained(folder)
+        assert model.config.id2label == {0: "negative", 1: "positive"}
+        assert model.config.label2id == {"negative": 0, "positive": 1}
+        assert AutoTokenizer.from_pretrained(folder)("a test")["input_ids"]
+        assert f"models/{name}/model.safetensors" in manifest.outputs
+
+
+def test_stage_manifest_metrics_follow_the_contract(finished):
+    _, run_dir, manifest = finished
+    m = manifest.metrics
+    assert m["deploy"] in ("agora", "plain")
+    for key in ("accuracy", "macro_f1", "dev_accuracy"):
+        assert set(m[key]) == {"labeller", "plain", "agora"}
+        assert all(0.0 <= v <= 1.0 for v in m[key].values())
+    if m["deploy"] == "plain":
+        assert m["dev_accuracy"]["plain"] > m["dev_accuracy"]["agora"] and "plain" in m["deploy_reason"]
+    assert m["rounds"] >= 1 and m["points_kept"] <= m["points_made"]
+    assert {"labeller", "plain", "agora", "total"} <= set(m["seconds"])
+    assert read_manifest(run_dir, "finetune").fingerprint == manifest.fingerprint
+
+
+def test_stage_writes_round_log_plot_and_report(finished):
+    _, run_dir, manifest = finished
+    out = run_dir / "finetune"
+    rows = json.loads((out / "rounds.json").read_text())
+    lines = (out / "rounds.csv").read_text().splitlines()
+    assert len(lines) == len(rows) + 1 and lines[0].startswith("iteration,round,replay,thetas")
+    assert {"dev_accuracy", "mistakes", "made", "kept", "labeller_agreement", "thetas_left"} <= set(rows[0])
+    assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    report = (out / "report.md").read_text()
+    assert f"Deployed model: **{manifest.metrics['deploy']}**" in report and "| agora |" in report
+
+
+def test_stage_skips_when_up_to_date_and_caches_labeller_and_plain(finished, task_csv, tiny_source):
+    cfg, run_dir, manifest = finished
+    assert stage.run(cfg, run_dir).created_at == manifest.created_at
+    other = tiny_stage_cfg(task_csv, tiny_source, 'finetune.thetas=["lr=2e-4"]', "finetune.pruning=paper",
+                           "finetune.ablation=true")
+    again = stage.run(other, run_dir)
+    assert again.fingerprint != manifest.fingerprint
+    assert again.metrics["labeller_cached"] and again.metrics["plain_cached"]
+    assert again.metrics["accuracy"]["labeller"] == manifest.metrics["accuracy"]["labeller"]
+    assert 0.0 <= again.metrics["ablation"]["accuracy"] <= 1.0 and "ablation" not in manifest.metrics
+
+
+def test_stage_refuses_agora_when_the_labeller_is_weak(finished, task_csv, tiny_source):
+    _, run_dir, _ = finished
+    cfg = tiny_stage_cfg(task_csv, tiny_source, "finetune.labeller_min_dev_accuracy=1.0")
+    with pytest.raises(stage.LabellerTooWeakError, match="labeller_min_dev_accuracy"):
+        stage.run(cfg, run_dir)
+
+
+def test_stage_names_the_missing_student(tmp_path, task_csv, tiny_source):
+    cfg = C.resolve(["tiny"], [f"task.name={task_csv}", f"source.model={tiny_source}"])
+    with pytest.raises(ArtifactError, match="bort pretrain.*finetune.student"):
+        stage.run(cfg, tmp_path)
+    with pytest.raises(ConfigError, match="finetune.student"):
+        stage.run(tiny_stage_cfg(task_csv, tmp_path), tmp_path)
+
+
+def test_theta_strings_are_validated_with_the_key_named():
+    with pytest.raises(ConfigError, match=r"finetune.thetas\[1\].*lr"):
+        C.resolve([], ['finetune.thetas=["lr=1e-4", "lr=fast"]'])
+    with pytest.raises(ConfigError, match="momentum"):
+        C.resolve([], ['finetune.thetas=["momentum=0.9"]'])
+    with pytest.raises(ConfigError, match="similarity_band"):
+        C.resolve([], ["finetune.similarity_band=[0.99, 0.5]"])
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_stage_on_the_embedded_default(tmp_path, minilm_dir):
+    """MiniLM labeller, a 3-layer MiniLM extract as student, Rotten Tomatoes capped as in `quick`."""
+    import torch
+
+    from bort import families as F
+
+    student = F.load_encoder(minilm_dir)
+    student.encoder.layer = torch.nn.ModuleList(student.encoder.layer[i] for i in (0, 2, 5))
+    student.config.num_hidden_layers = 3
+    student.save_pretrained(tmp_path / "student", safe_serialization=True)
+    F.load_tokenizer(minilm_dir).save_pretrained(tmp_path / "student")
+    cfg = C.resolve(["quick"], [f"finetune.student={tmp_path / 'student'}"])
+    m = stage.run(cfg, tmp_path / "run").metrics
+    assert m["dev_accuracy"]["labeller"] > 2 / 3 and m["accuracy"]["labeller"] > 0.7
+    assert m["accuracy"]["plain"] > 0.6 and m["accuracy"]["agora"] > 0.6
+    assert m["points_kept"] > 0

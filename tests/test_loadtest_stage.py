@@ -1,0 +1,146 @@
+"""`bort loadtest` end to end against stand-in servers: report, manifest, SLO exit code, no survivors.
+
+The default test replaces only the `bort serve` command line with the stand-in server (same HTTP
+contract); everything else (upstream manifests, serving run folder, Locust, parsing, report) is
+the real code. The slow test serves the tiny exported classifiers through the real `bort serve`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from loadtest_support import STANDIN, tiny_cfg
+
+from bort import artifacts, data
+from loadtest import report, servers, services, stage
+
+
+def fake_upstream(cfg, run_dir: Path) -> None:
+    """data, finetune and export as their stages leave them (manifests; the fp32 baseline folder)."""
+    data.prepare(cfg, run_dir)
+    artifacts.write_manifest(run_dir, "finetune", cfg, fingerprint="ft",
+                             metrics={"deploy": "agora", "accuracy": {"labeller": 0.84, "agora": 0.83}})
+    export = run_dir / "export"
+    for role, precision in (("baseline", "fp32"), ("optimized", "int8")):
+        (export / role / precision).mkdir(parents=True)
+        (export / role / precision / "serving.json").write_text(json.dumps({"precision": precision, "name": role}))
+    (export / "deployed.json").write_text(json.dumps({r: {"folder": f"{r}/{p}", "precision": p}
+                                                      for r, p in (("baseline", "fp32"), ("optimized", "int8"))}))
+    artifacts.write_manifest(run_dir, "export", cfg, fingerprint="ex", metrics={
+        "deployed": {"optimized": "int8", "baseline": "fp32"}, "parity_max_abs_diff": 2e-6,
+        "roles": {"optimized": {"int8_drop_points": 0.3}}})
+
+
+@pytest.fixture()
+def started_services(monkeypatch):
+    """Every service the stage starts, recorded (after checking it listens on 127.0.0.1)."""
+    started: list[servers.RunningService] = []
+    real_start = servers.start
+
+    def recording_start(spec, log_path, cpus=None):
+        assert spec.url.startswith("http://127.0.0.1:")
+        running = real_start(spec, log_path, cpus)
+        started.append(running)
+        return running
+
+    monkeypatch.setattr(servers, "start", recording_start)
+    return started
+
+
+def assert_none_survives(started: list[servers.RunningService]) -> None:
+    for running in started:
+        for group in running.groups:
+            with pytest.raises(ProcessLookupError):
+                os.killpg(group, 0)
+
+
+@pytest.fixture()
+def standin_serve(monkeypatch, started_services):
+    """`bort serve` replaced by the stand-in: slow (8 ms) for the serving run folder, fast otherwise."""
+
+    def command(run_dir, role, port, config_file):
+        delay = "8" if "serve_baseline" in str(run_dir) else "1"
+        return (sys.executable, STANDIN, "--port", str(port), "--delay-ms", delay)
+
+    monkeypatch.setattr(services, "bort_serve_command", command)
+    return started_services
+
+
+def test_loadtest_writes_the_report_sets_the_slo_exit_code_and_leaves_no_server_behind(tmp_path, standin_serve):
+    cfg = tiny_cfg(tmp_path, "loadtest.slo_p95_ms=0.01")  # no server answers in 10 microseconds
+    fake_upstream(cfg, tmp_path)
+    assert stage.run(cfg, tmp_path) == report.SLO_EXIT_CODE
+    out = tmp_path / "loadtest"
+    for name in ("report.md", "report.html", "latency.png", "rps.png", "results.json"):
+        assert (out / name).is_file(), name
+    m = artifacts.read_manifest(tmp_path, "loadtest").metrics
+    assert m["failures"] == 0
+    assert set(m["models"]["baseline"]) == {"1", "2"} and m["models"]["optimized"]["2"]["requests"] > 0
+    # The ratios are the per-model figures divided (speed itself is never asserted: the machine is shared).
+    base, opt = m["models"]["baseline"], m["models"]["optimized"]
+    assert m["rps_ratio"] == pytest.approx(opt["2"]["rps"] / base["2"]["rps"], rel=0.01)
+    assert m["p50_ratio"] == pytest.approx(base["1"]["p50_ms"] / opt["1"]["p50_ms"], rel=0.01)
+    assert m["accuracy"] == {"baseline": 0.84, "optimized": 0.83}
+    md = (out / "report.md").read_text()
+    assert "source (labeller, ONNX fp32)" in md and "Missed" in md
+    assert [r.spec.name for r in standin_serve] == ["baseline", "optimized"]
+    assert_none_survives(standin_serve)  # no server process survives the command
+    assert stage.run(cfg, tmp_path) == report.SLO_EXIT_CODE  # up to date: the stored verdict, no new run
+    assert len(standin_serve) == 2
+
+
+def test_missing_upstream_names_the_command(tmp_path):
+    cfg = tiny_cfg(tmp_path)
+    with pytest.raises(artifacts.ArtifactError, match="bort finetune"):
+        stage.run(cfg, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_real_bort_serve_on_tiny_exports(tmp_path, tiny_export_run, started_services):
+    """The real `bort serve` (BentoML) for both roles of a tiny export; both answer every request."""
+    import shutil
+
+    shutil.copytree(tiny_export_run, tmp_path / "run")
+    run_dir = tmp_path / "run"
+    cfg = tiny_cfg(tmp_path, "loadtest.users=[1]", "loadtest.duration_s=3")
+    data.prepare(cfg, run_dir)
+    manifest = stage.run(cfg, run_dir)
+    assert manifest.metrics["failures"] == 0
+    assert manifest.metrics["models"]["optimized"]["1"]["requests"] > 10
+    # bort serve, the BentoML server it starts in a new session, and BentoML's worker (own group)
+    assert all(len(running.groups) >= 2 for running in started_services)
+    assert_none_survives(started_services)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_embedded_default_minilm_on_rotten_tomatoes(tmp_path, minilm_dir, started_services):
+    """MiniLM-L6 (as both labeller and deployed model, untrained head) exported by `bort export`,
+    served by `bort serve`, loaded with real Rotten Tomatoes test texts: every answer valid."""
+    from transformers import AutoModelForSequenceClassification
+
+    from bort import config, families
+    from serve import export
+
+    cfg = config.resolve(["tiny"], ["loadtest.users=[1, 2]", "loadtest.duration_s=3", "loadtest.warmup_s=1",
+                                    "export.timed_runs=5", "export.register_bentoml=false"])
+    task = data.prepare(cfg, tmp_path)
+    for name in ("labeller", "agora"):
+        model = AutoModelForSequenceClassification.from_pretrained(
+            minilm_dir, num_labels=len(task.labels), id2label=dict(enumerate(task.labels)),
+            label2id={n: i for i, n in enumerate(task.labels)})
+        model.save_pretrained(tmp_path / "finetune" / "models" / name, safe_serialization=True)
+        families.load_tokenizer(minilm_dir).save_pretrained(tmp_path / "finetune" / "models" / name)
+    artifacts.write_manifest(tmp_path, "finetune", cfg, fingerprint="ft",
+                             metrics={"deploy": "agora", "accuracy": {"labeller": 0.5, "agora": 0.5}})
+    export.run(cfg, tmp_path)
+    manifest = stage.run(cfg, tmp_path)
+    m = manifest.metrics
+    assert m["failures"] == 0
+    assert all(m["models"][role][users]["requests"] > 10 for role in ("baseline", "optimized") for users in ("1", "2"))
+    assert_none_survives(started_services)

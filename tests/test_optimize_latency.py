@@ -1,0 +1,92 @@
+"""Latency measured in ONNX Runtime, the persistent cache, and resuming a killed sweep."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bort.families import Arch
+from optimize.latency import JsonlStore, LatencyMeter, LatencySettings
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = LatencySettings(batch_size=1, seq_len=16, precision="fp32", num_threads=1, warmup_runs=1, timed_runs=4)
+
+
+def test_store_survives_a_torn_last_line(tmp_path):
+    path = tmp_path / "c.jsonl"
+    store = JsonlStore(path)
+    store.put({"key": "a", "v": 1})
+    with open(path, "a") as f:
+        f.write('{"key": "b", "v"')  # a writer killed mid-line
+    store = JsonlStore(path)
+    assert store.get("a") == {"key": "a", "v": 1} and store.get("b") is None
+    store.put({"key": "c", "v": 3})
+    assert JsonlStore(path).get("c") == {"key": "c", "v": 3}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_meter_measures_once_paired_with_the_reference(tmp_path, precision):
+    settings = LatencySettings(**{**FAST.__dict__, "precision": precision})
+    ref, cand = Arch(2, 3, 33, 37), Arch(1, 3, 33, 16)
+    meter = LatencyMeter("bert", settings, cache_path=tmp_path / "lat.jsonl", hw="testhw", reference=ref)
+    record = meter(cand)
+    assert meter.measured == 2  # the reference standalone, then the candidate beside it
+    assert record["p50_ms"] > 0 and len(record["samples_ms"]) == len(record["ref_samples_ms"]) == 4
+    assert record["p10_ms"] <= record["p50_ms"] <= record["p90_ms"] <= record["p99_ms"]
+    assert record["ratio_to_reference"] == pytest.approx(record["p50_ms"] / meter.reference_ms(), rel=0.5)
+    again = LatencyMeter("bert", settings, cache_path=tmp_path / "lat.jsonl", hw="testhw", reference=ref)
+    assert again(cand)["p50_ms"] == record["p50_ms"] and again.measured == 0
+    other = LatencyMeter("bert", LatencySettings(**{**settings.__dict__, "seq_len": 8}),
+                         cache_path=tmp_path / "lat.jsonl", hw="testhw", reference=ref)
+    assert other.cached(cand) is None  # a different sequence length is a different measurement
+    if precision == "fp32":
+        more = LatencyMeter("bert", LatencySettings(**{**settings.__dict__, "timed_runs": 6}),
+                            cache_path=tmp_path / "lat.jsonl", hw="testhw", reference=ref)
+        assert more.cached(cand) is None  # too few runs on record for this protocol
+        assert len(more(cand)["samples_ms"]) == 6 and more.measured == 2
+        assert len(JsonlStore(tmp_path / "lat.jsonl").get(more.key(cand))["samples_ms"]) == 6
+
+
+SHAPES = [f"1/1/{h}/{i}" for h in (8, 16) for i in (8, 16, 24)]
+
+
+def _sweep(cache: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "optimize.latency", "--cache", str(cache), "--seq-len", "8", "--threads", "1",
+           "--warmup-runs", "1", "--timed-runs", "3", "--archs", *SHAPES]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _keys(cache: Path) -> list[str]:
+    keys = []
+    for line in cache.read_text().splitlines():
+        try:
+            keys.append(json.loads(line)["key"])
+        except ValueError:
+            pass  # the line the kill tore
+    return keys
+
+
+def test_a_killed_sweep_resumes_without_measuring_anything_twice(tmp_path):
+    cache = tmp_path / "lat.jsonl"
+    proc = _sweep(cache)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not (cache.is_file() and _keys(cache)):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "the sweep finished before it could be killed"
+    before = _keys(cache)
+    assert 1 <= len(before) < len(SHAPES)
+    rerun = _sweep(cache)
+    out, _ = rerun.communicate(timeout=180)
+    assert rerun.returncode == 0, out
+    after = _keys(cache)
+    assert len(after) == len(set(after)) == len(SHAPES)  # every shape once: zero repeated measurements
+    assert after[:len(before)] == before
+    assert f"measured {len(SHAPES) - len(before)} new, {len(before)} from cache" in out

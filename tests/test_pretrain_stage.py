@@ -1,0 +1,78 @@
+"""`bort pretrain` as a stage: shape from the search or from --set, outputs, manifest, up-to-date skip."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+from bort import config as C
+from bort import families as F
+from bort.artifacts import atomic_write_json, write_manifest
+from bort.errors import ArtifactError, ConfigError
+from optimize import pretrain
+
+SHAPE = ["pretrain.layers=1", "pretrain.heads=3", "pretrain.hidden=21", "pretrain.intermediate=20"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_stage_writes_a_loadable_model_curve_and_metrics(tiny_source, tmp_path):
+    cfg = C.resolve(["tiny"], [f"source.model={tiny_source}", *SHAPE])
+    manifest = pretrain.run(cfg, tmp_path)
+    m = manifest.metrics
+    assert m["steps"] == 8 and m["init"] == "inherit" and m["shape"] == "1/3/21/20"
+    assert m["tokens"] > 0 and m["loss"] == "representation"
+    assert -1.0 <= m["embedding_cosine"] <= 1.0 and m["heldout_loss"] > 0
+    model_dir = tmp_path / "pretrain" / "model"
+    student = F.load_encoder(model_dir)
+    assert F.arch_of(student.config) == F.Arch(1, 3, 21, 20)
+    assert sum(p.numel() for p in student.parameters()) == m["params"]["net"]
+    assert (model_dir / "tokenizer.json").is_file() and (model_dir / "model.safetensors").is_file()
+    with open(tmp_path / "pretrain" / "loss.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == list(range(1, 9))
+    assert rows[3]["heldout_loss"] and not rows[2]["heldout_loss"]
+    assert (tmp_path / "pretrain" / "loss.png").stat().st_size > 1000
+    assert not (tmp_path / "pretrain" / "checkpoints").exists()  # finished: checkpoints removed
+    again = pretrain.run(cfg, tmp_path)
+    assert again.created_at == manifest.created_at  # up to date: skipped
+
+
+def test_shape_comes_from_the_search_when_not_set(tiny_source, tmp_path):
+    cfg = C.resolve(["tiny"], [f"source.model={tiny_source}"])
+    with pytest.raises(ArtifactError, match="bort optimize"):
+        pretrain.target_arch(cfg, tmp_path)
+    atomic_write_json(tmp_path / "optimize" / "chosen.json",
+                      {"arch": {"layers": 1, "heads": 3, "hidden": 21, "intermediate": 20}, "label": "1/3/21/20"})
+    searched = write_manifest(tmp_path, "optimize", cfg, fingerprint="f00d", metrics={})
+    arch, upstream = pretrain.target_arch(cfg, tmp_path)
+    assert arch == F.Arch(1, 3, 21, 20) and upstream == {"optimize": searched.fingerprint}
+    by_hand = C.resolve(["tiny"], [f"source.model={tiny_source}", *SHAPE[:3], "pretrain.intermediate=7"])
+    assert pretrain.target_arch(by_hand, tmp_path) == (F.Arch(1, 3, 21, 7), {})
+
+
+def test_shape_must_be_set_whole():
+    with pytest.raises(ConfigError, match="pretrain.layers/heads/hidden/intermediate"):
+        C.resolve(["tiny"], ["pretrain.layers=2"])
+    with pytest.raises(ConfigError, match="pretrain.layer_selection"):
+        C.resolve(["tiny"], ["pretrain.layer_selection=best"])
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_pretrain_on_the_embedded_default_keeps_the_teacher_close(tmp_path):
+    """MiniLM -> 3/12/384/1536 on Rotten Tomatoes text, quick budget: the student stays near the teacher."""
+    cfg = C.resolve(["quick"], ["pretrain.layers=3", "pretrain.heads=12", "pretrain.hidden=384",
+                                "pretrain.intermediate=1536", "pretrain.time_budget_s=60"])
+    m = pretrain.run(cfg, tmp_path).metrics
+    assert m["embedding_cosine"] > 0.8
+    first = float(next(csv.DictReader(open(tmp_path / "pretrain" / "loss.csv")))["loss"])
+    assert m["heldout_loss"] < first

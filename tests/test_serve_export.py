@@ -1,0 +1,133 @@
+"""`bort export` on tiny classifiers: parity, int8 folders, the keep-or-drop rule, the registry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import fake_task
+
+from bort import artifacts, config
+from serve import export
+from serve import onnx_export as X
+
+
+def test_export_writes_self_contained_fp32_and_int8_folders(tiny_export_run):
+    root = tiny_export_run / "export"
+    for role in ("optimized", "baseline"):
+        for precision in ("fp32", "int8"):
+            folder = root / role / precision
+            for name in ("model.onnx", "tokenizer.json", "config.json", "serving.json"):
+                assert (folder / name).is_file(), folder / name
+            serving = json.loads((folder / "serving.json").read_text())
+            assert serving["labels"] == ["fresh", "rotten"]
+            assert serving["precision"] == precision and serving["is_pair"] is False
+    assert not list(root.glob(".tmp-*")), "temporary build folders must not remain"
+
+
+def test_export_manifest_records_parity_accuracy_and_latency(tiny_export_run):
+    manifest = artifacts.read_manifest(tiny_export_run, "export")
+    m = manifest.metrics
+    assert m["parity_max_abs_diff"] < config.ExportConfig().parity_atol
+    assert 0.0 <= m["fp32_dev_accuracy"] <= 1.0 and 0.0 <= m["int8_dev_accuracy"] <= 1.0
+    assert m["int8_drop_points"] == pytest.approx((m["fp32_dev_accuracy"] - m["int8_dev_accuracy"]) * 100, abs=1e-2)
+    assert m["quantization"]["target"] in X.QUANTIZATION_TARGETS
+    for role in ("optimized", "baseline"):
+        for precision in ("fp32", "int8"):
+            lat = m["latency_ms"][role][precision]
+            assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
+    assert m["roles"]["optimized"]["source"] == "agora" and m["roles"]["baseline"]["source"] == "labeller"
+
+
+def test_deployed_json_follows_the_int8_rule(tiny_export_run):
+    deployed = json.loads((tiny_export_run / "export" / "deployed.json").read_text())
+    roles = artifacts.read_manifest(tiny_export_run, "export").metrics["roles"]
+    for role, entry in deployed.items():
+        drop = roles[role]["int8_drop_points"]
+        assert entry["precision"] == ("int8" if drop <= 0.5 else "fp32")
+        assert (tiny_export_run / "export" / entry["folder"] / "model.onnx").is_file()
+
+
+def test_int8_decision_keeps_fp32_when_accuracy_drops_too_much():
+    assert export.int8_decision(0.5, 0.5)[0] == "int8"
+    precision, why = export.int8_decision(0.51, 0.5)
+    assert precision == "fp32" and "keeping fp32" in why
+
+
+def test_export_is_registered_in_the_bentoml_store_with_labels(tiny_export_run):
+    import bentoml
+
+    manifest = artifacts.read_manifest(tiny_export_run, "export")
+    tag = manifest.metrics["bentoml_models"]["optimized"]
+    stored = bentoml.models.get(tag)
+    assert stored.info.labels["run_fingerprint"] == manifest.fingerprint
+    assert stored.info.labels["role"] == "optimized"
+    assert float(stored.info.labels["parity_max_abs_diff"]) < 1e-4
+    assert (Path(stored.path) / "model.onnx").is_file() and (Path(stored.path) / "serving.json").is_file()
+
+
+def test_rerun_with_same_inputs_is_skipped(tiny_export_run, monkeypatch):
+    before = artifacts.read_manifest(tiny_export_run, "export")
+    monkeypatch.setattr(export, "export_role", lambda *a, **k: pytest.fail("should not re-export"))
+    cfg = config.resolve(["tiny"], ["export.timed_runs=5", "export.warmup_runs=1"])
+    assert export.run(cfg, tiny_export_run).created_at == before.created_at
+
+
+def test_parity_failure_is_a_clear_error(tiny_export_run):
+    model_dir = tiny_export_run / "finetune" / "models" / "agora"
+    texts = [e.text for e in fake_task().dev[:4]]
+    with pytest.raises(X.ParityError, match="differ from PyTorch"):
+        X.check_parity(model_dir, tiny_export_run / "export" / "optimized" / "fp32", texts, None,
+                       seq_len=32, atol=1e-30)
+
+
+@pytest.mark.parametrize(("flags", "machine", "expected"), [
+    (["avx2", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"], "x86_64", "avx512_vnni"),
+    (["avx2", "avx512f", "avx512bw", "avx512vl"], "x86_64", "avx512"),
+    (["avx", "avx2"], "x86_64", "avx2"),
+    (["asimd"], "aarch64", "arm64"),
+])
+def test_quantization_target_follows_cpu_flags(monkeypatch, flags, machine, expected):
+    monkeypatch.setattr(X, "cpu_info", lambda: {"isa": flags, "machine": machine})
+    assert X.quantization_target("auto")[0] == expected
+    assert X.quantization_target("avx2") == ("avx2", "set by export.quantization")
+
+
+def test_labels_must_match_the_task(tiny_finetune_run):
+    model_dir = tiny_finetune_run / "finetune" / "models" / "agora"
+    assert X.labels_of(model_dir, ["rotten", "fresh"]) == ["fresh", "rotten"]  # model's id order wins
+    with pytest.raises(artifacts.ArtifactError, match="do not match"):
+        X.labels_of(model_dir, ["negative", "positive"])
+
+
+def test_missing_finetune_names_the_command(tmp_path):
+    with pytest.raises(artifacts.ArtifactError, match="bort finetune"):
+        export.run(config.resolve(["tiny"]), tmp_path)
+
+
+def test_dev_accuracy_maps_labels_by_name_not_by_position(tiny_export_run):
+    folder = tiny_export_run / "export" / "optimized" / "fp32"
+    task = fake_task()
+    same = X.dev_accuracy(folder, task.dev, False, ["fresh", "rotten"], num_threads=1, seq_len=32,
+                          batch_size=8, desc="t")
+    # The same examples with the task's label order reversed: every gold id flips, names do not.
+    flipped = [type(e)(text=e.text, text_pair=None, label=1 - e.label) for e in task.dev]
+    reordered = X.dev_accuracy(folder, flipped, False, ["rotten", "fresh"], num_threads=1, seq_len=32,
+                               batch_size=8, desc="t")
+    assert reordered == pytest.approx(same)
+
+
+@pytest.mark.slow
+def test_optimized_graph_exports_keeps_parity_and_quantizes(tiny_finetune_run, tmp_path):
+    """O2 graph + quantize_dynamic (ORTQuantizer fails on optimised graphs in this stack)."""
+    from serve.predictor import Predictor
+
+    model_dir = tiny_finetune_run / "finetune" / "models" / "agora"
+    X.export_fp32(model_dir, tmp_path / "fp32", optimize_graph=True)
+    sidecar = {"labels": ["fresh", "rotten"], "is_pair": False, "name": "t", "max_seq_len": 512}
+    X.write_serving(tmp_path / "fp32", precision="fp32", **sidecar)
+    assert X.check_parity(model_dir, tmp_path / "fp32", ["a fine film"], None, 32, 1e-4)["parity_max_abs_diff"] < 1e-4
+    X.quantize_int8(tmp_path / "fp32", tmp_path / "int8", "avx512_vnni", optimized_graph=True)
+    X.write_serving(tmp_path / "int8", precision="int8", **sidecar)
+    assert Predictor(tmp_path / "int8").predict(texts=["a fine film"])[0]["label"] in ("fresh", "rotten")
