@@ -26,7 +26,7 @@ Choices the paper leaves open, and ours:
   now holding that round's new points, a fresh seed). Replays do not count as rounds.
 - **Labels** of new points come from the labeller only; the dev labels are read for the log's
   "labeller agreement" figure, never for training.
-- **Teachable mistakes** (``mistakes=teachable``, our default; ``all`` is the paper's M): G
+- **Teachable mistakes** (``mistakes=teachable``; the default ``all`` is the paper's M): G
   perturbs only the mistakes the labeller itself gets right. The student and the labeller come
   from the same source model, so their errors are correlated: on Rotten Tomatoes the labeller was
   right on only ~40% of the student's dev mistakes, and points made around the other ~60% carry
@@ -41,20 +41,19 @@ Choices the paper leaves open, and ours:
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from agora import train as T
+from agora.checkpoint import LoopState, load_state, save_state
 from agora.guard import Guard, example_key
 from agora.transform import TextTransform
-from bort.artifacts import atomic_write_json, atomic_write_text
 from bort.config import parse_theta
 from bort.data import Example
 
@@ -128,26 +127,12 @@ class AgoraResult:
     round1_model: Any = None
 
 
-@dataclass
-class _State:
-    thetas: list[str]
-    iteration: int = 0
-    round: int = 1
-    replays_used: int = 0
-    replaying: bool = False
-    best_score: float = -1.0
-    best_dev: dict[str, float] = field(default_factory=dict)
-    best_iteration: int = -1
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    points: list[Example] = field(default_factory=list)
-
-
 def run_agora(inputs: AgoraInputs, cfg: Any, checkpoint_dir: Path, fingerprint: str) -> AgoraResult:
     """Run the loop within ``cfg.finetune``'s budgets; resume from `checkpoint_dir` when it matches."""
     f = cfg.finetune
     thetas = {t.name: t for t in thetas_from_config(cfg)}
     deadline = time.time() + f.time_budget_s
-    state, best_model, round1_model = _resume(checkpoint_dir, fingerprint, list(thetas))
+    state, best_model, round1_model = load_state(checkpoint_dir, fingerprint, list(thetas))
     stop = "Θ exhausted"
     while state.thetas:
         if state.iteration > 0 and time.time() > deadline:
@@ -180,14 +165,19 @@ def run_agora(inputs: AgoraInputs, cfg: Any, checkpoint_dir: Path, fingerprint: 
         log.info("agora iteration %d (round %d): dev %s %.4f, best %.4f, %d new points, Θ left %d",
                  state.iteration, state.round, f.select_metric, round_best["score"], state.best_score,
                  row["kept"], len(row["thetas_left"]))
-        state.replaying = replay and go_on
-        state.replays_used += int(state.replaying)
-        state.round += 0 if state.replaying else 1
-        state.iteration += 1
-        state.thetas = left if go_on else []
-        _checkpoint(checkpoint_dir, fingerprint, state, best_model, round1_model, inputs.tokenizer)
+        _advance(state, replay and go_on, left if go_on else [])
+        save_state(checkpoint_dir, fingerprint, state, best_model, round1_model, inputs.tokenizer)
     return AgoraResult(best_model, state.best_dev, state.best_iteration, state.rows, state.points, stop,
                        round1_model)
+
+
+def _advance(state: LoopState, replay_next: bool, thetas_next: list[str]) -> None:
+    """Move the state to the next iteration: a replay keeps the round number, anything else bumps it."""
+    state.replaying = replay_next
+    state.replays_used += int(replay_next)
+    state.round += 0 if replay_next else 1
+    state.iteration += 1
+    state.thetas = thetas_next
 
 
 def more_epochs_only(inputs: AgoraInputs, cfg: Any, result: AgoraResult) -> Any:
@@ -213,7 +203,7 @@ def more_epochs_only(inputs: AgoraInputs, cfg: Any, result: AgoraResult) -> Any:
 
 
 def _another_round(left: list[str], replay: bool, f: Any, deadline: float,
-                   state: _State) -> tuple[bool, str]:
+                   state: LoopState) -> tuple[bool, str]:
     """Whether a next iteration will run (so this one's points are worth making), and why not."""
     if not left:
         return False, "Θ exhausted"
@@ -227,7 +217,7 @@ def _another_round(left: list[str], replay: bool, f: Any, deadline: float,
 
 
 def _train_round(inputs: AgoraInputs, cfg: Any, thetas: list[Theta], train_set: list[Example],
-                 best_model: Any, state: _State) -> list[dict[str, Any]]:
+                 best_model: Any, state: LoopState) -> list[dict[str, Any]]:
     """One fine-tune per θ; each scored on dev. Only the round's best model is kept in memory."""
     f = cfg.finetune
     runs: list[dict[str, Any]] = []
@@ -258,7 +248,7 @@ def _train_round(inputs: AgoraInputs, cfg: Any, thetas: list[Theta], train_set: 
     return runs
 
 
-def _row(state: _State, runs: list[dict[str, Any]], best: dict[str, Any], improved: bool,
+def _row(state: LoopState, runs: list[dict[str, Any]], best: dict[str, Any], improved: bool,
          train_size: int) -> dict[str, Any]:
     """The round log's row for this iteration (the points columns are filled in later)."""
     return {
@@ -292,7 +282,7 @@ def _balanced_mistakes(dev: list[Example], pred: np.ndarray, cap: int, rng: np.r
     return out, counts
 
 
-def _make_points(inputs: AgoraInputs, f: Any, state: _State) -> tuple[list[Example], dict[str, Any]]:
+def _make_points(inputs: AgoraInputs, f: Any, state: LoopState) -> tuple[list[Example], dict[str, Any]]:
     """N = G(M) for the mistakes M of the best model so far, labelled by the labeller.
 
     Returns:
@@ -323,44 +313,3 @@ def _make_points(inputs: AgoraInputs, f: Any, state: _State) -> tuple[list[Examp
              "labeller_agreement": round(float(np.mean(agree)), 4) if agree else None,
              "mean_similarity": round(float(np.mean(g.similarities)), 4) if g.similarities else None}
     return new, stats
-
-
-def _checkpoint(folder: Path, fingerprint: str, state: _State, best_model: Any, round1_model: Any,
-                tokenizer: Any) -> None:
-    """Everything a resumed run needs: the state, the points added so far, the best models."""
-    if state.best_iteration == state.iteration - 1:
-        T.save_classifier(best_model, tokenizer, folder / "best")
-    if state.iteration == 1:
-        T.save_classifier(round1_model, tokenizer, folder / "round1")
-    atomic_write_text(folder / "points.jsonl", "".join(
-        json.dumps([e.text, e.label, e.text_pair, e.group]) + "\n" for e in state.points))
-    atomic_write_json(folder / "state.json", {
-        "fingerprint": fingerprint, "thetas": state.thetas, "iteration": state.iteration,
-        "round": state.round, "replays_used": state.replays_used, "replaying": state.replaying,
-        "best_score": state.best_score, "best_dev": _jsonable(state.best_dev),
-        "best_iteration": state.best_iteration, "rows": _jsonable(state.rows)})
-
-
-def _jsonable(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
-
-
-def _resume(folder: Path, fingerprint: str, thetas: list[str]) -> tuple[_State, Any, Any]:
-    """A fresh state, or the checkpointed one when it was made with the same fingerprint."""
-    path = folder / "state.json"
-    fresh = _State(thetas=thetas), None, None
-    if not path.is_file():
-        return fresh
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if data.get("fingerprint") != fingerprint or not (folder / "best").is_dir() \
-            or not (folder / "round1").is_dir():
-        return fresh
-    lines = (folder / "points.jsonl").read_text(encoding="utf-8").splitlines()
-    points = [Example(t, int(label), pair, group) for t, label, pair, group in map(json.loads, lines)]
-    best_dev = {**data["best_dev"], "pred": np.array(data["best_dev"]["pred"], dtype=np.int64)}
-    state = _State(thetas=data["thetas"], iteration=data["iteration"], round=data["round"],
-                   replays_used=data["replays_used"], replaying=data["replaying"],
-                   best_score=data["best_score"], best_dev=best_dev,
-                   best_iteration=data["best_iteration"], rows=data["rows"], points=points)
-    log.info("agora: resuming at iteration %d from %s", state.iteration, folder)
-    return state, T.load_classifier(folder / "best"), T.load_classifier(folder / "round1")

@@ -47,7 +47,7 @@ def plot_rounds(path: Path, rows: list[dict[str, Any]], dev: dict[str, dict[str,
     ax.set_ylabel(f"dev {metric.replace('_', '-')}")
     ax.set_title("Agora: dev score per round (grey: each θ)")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,8 +92,10 @@ def run(cfg: Any, run_dir: Path, args: Any = None) -> Manifest:
     report.plot_rounds(out / "accuracy.png", result.rows, {"plain": plain.dev, "labeller": labeller.dev},
                        cfg.finetune.select_metric)
     report.write_report(out, metrics, result.rows, cfg)
-    return write_manifest(run_dir, STAGE, cfg, fingerprint=fingerprint, metrics=metrics,
-                          inputs={"pretrain": upstream}, started=started)
+    manifest = write_manifest(run_dir, STAGE, cfg, fingerprint=fingerprint, metrics=metrics,
+                              inputs={"pretrain": upstream}, started=started)
+    shutil.rmtree(out / "checkpoints" / "agora", ignore_errors=True)  # done: the models are in models/
+    return manifest
 
 
 def locate_student(cfg: Any, run_dir: Path) -> tuple[Path, str]:

@@ -9,7 +9,7 @@ For (a) a MiniLM-sized classifier (all-MiniLM-L6-v2's weights, random head) and 
   127.0.0.1 (same threads), one text that truncates to 128 tokens.
 
 Rounds interleave raw and served measurements, so background load hits both alike. Variants of
-the service show where the overhead goes (batching off, ORT threads not spinning, and a
+the service show where the overhead goes (batching forced on, ORT threads not spinning, and a
 ``@bentoml.api`` service for comparison). Memory: RSS summed over the server's processes, idle
 and peak under 8 concurrent clients. Goals (issue 6): served p50 - raw p50 <= 1.5 ms;
 served / raw <= 1.3 for the Bort shape.
@@ -34,6 +34,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from serve_stacks import framework_overhead  # noqa: E402  (this folder)
 
 from bort import config  # noqa: E402
 from bort.artifacts import atomic_write_json, atomic_write_text, cpu_info, library_versions  # noqa: E402
@@ -47,7 +50,7 @@ SEQ_LEN, THREADS = 128, 2
 TEXT = " ".join(["the film was a quiet, patient study of grief and it rarely hurried"] * 20)
 VARIANTS = {  # name -> (serve overrides, extra environment)
     "default": ([], {}),
-    "no_batching": (["serve.batching=false"], {}),
+    "batching_always": (["serve.batching=always"], {}),
     "no_spin": (["serve.ort_spin=false"], {}),
 }
 
@@ -187,112 +190,6 @@ def summarise(name, precision, variant, raw, pred, served, idle, load, ready_s) 
     }
 
 
-class StubPredictor:
-    """The predictor's interface at zero model cost: isolates what the web stack costs."""
-
-    is_pair, name, max_seq_len, labels = False, "stub", SEQ_LEN, ["negative", "positive"]
-
-    def predict(self, texts=None, pairs=None) -> list[dict]:
-        return [{"label": "positive", "score": 0.9, "scores": {"negative": 0.1, "positive": 0.9},
-                 "truncated": False} for _ in texts]
-
-
-async def _asgi_post(app, body: bytes) -> int:
-    """One in-process POST /classify through an ASGI app (no sockets); returns the status."""
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-             "scheme": "http", "path": "/classify", "raw_path": b"/classify", "query_string": b"",
-             "root_path": "", "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 3000),
-             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
-    messages = iter([{"type": "http.request", "body": body, "more_body": False}])
-    sent: list[dict] = []
-
-    async def receive() -> dict:
-        return next(messages, {"type": "http.disconnect"})
-
-    async def send(message: dict) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
-    return sent[0]["status"]
-
-
-STACKS = ("starlette route alone", "route mounted in BentoML (ours)",
-          "route mounted in BentoML, OpenTelemetry spans on", "@bentoml.api method")
-
-
-def stack_times(stack: str, folder: Path, n: int) -> list[float]:
-    """ms per in-process request through one web stack with a stub model (one stack per process:
-    two BentoML apps in one process would register the same Prometheus metrics)."""
-    import asyncio
-
-    import bentoml
-
-    os.environ["BORT_SERVE_MODEL_DIR"] = str(folder)
-    from serve import service
-    from serve.app import Engine, build_app
-    from serve.validation import ServiceSettings
-
-    @bentoml.service(name="api-compare", logging={"access": {"enabled": False}})
-    class ApiClassifier:
-        @bentoml.api
-        def classify(self, texts: list[str]) -> dict:
-            return {"results": StubPredictor().predict(texts=texts), "model": "stub", "truncated_to_tokens": 128}
-
-    if stack == STACKS[0]:
-        app = build_app()
-        app.state.engine = Engine(StubPredictor(), ServiceSettings())
-    else:
-        app = ApiClassifier.to_asgi() if stack == STACKS[3] else service.Classifier.to_asgi()
-    body = json.dumps({"texts": ["a short review"]}).encode()
-
-    async def run() -> list[float]:
-        started = asyncio.Event()
-        events = iter([{"type": "lifespan.startup"}])
-
-        async def receive() -> dict:
-            event = next(events, None)
-            if event is None:
-                await asyncio.Event().wait()
-            return event
-
-        async def send(message: dict) -> None:
-            if message["type"] != "lifespan.startup.complete":
-                raise RuntimeError(f"{stack}: the app did not start: {message}")
-            started.set()
-
-        # Keep the task referenced: a collected lifespan task shuts the service down mid-run.
-        lifespan = asyncio.get_running_loop().create_task(
-            app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send))
-        await started.wait()
-        if stack in STACKS[1:3]:
-            service.http_app.state.engine.predictor = StubPredictor()
-        times = []
-        for _ in range(n + 100):
-            start = time.perf_counter()
-            status = await _asgi_post(app, body)
-            assert status == 200, status
-            times.append((time.perf_counter() - start) * 1000.0)
-        lifespan.cancel()
-        return times[100:]
-
-    return asyncio.run(run())
-
-
-def framework_overhead(folder: Path, n: int, rounds: int) -> dict:
-    """p50 ms per request of each stack; stacks alternate across `rounds` fresh processes."""
-    import subprocess
-
-    times: dict[str, list[float]] = {stack: [] for stack in STACKS}
-    for _ in range(rounds):
-        for stack in STACKS:
-            env = {**os.environ, "BORT_SERVE_TRACE": "1" if stack == STACKS[2] else "0"}
-            out = subprocess.run([sys.executable, __file__, "--stack", stack, "--stack-folder", str(folder),
-                                  "--requests", str(n)], capture_output=True, text=True, timeout=300, check=True,
-                                 env=env)
-            times[stack] += json.loads(out.stdout.strip().splitlines()[-1])
-    return {stack: round(float(np.percentile(t, 50)), 3) for stack, t in times.items()}
-
-
 def markdown(rows: list[dict], meta: dict) -> str:
     lines = [
         "# Served vs raw onnxruntime latency (batch 1, 128 tokens)", "",
@@ -332,13 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder holding httptools and uvloop (pip install --target DIR httptools uvloop): "
                              "adds a service variant where uvicorn uses them")
     parser.add_argument("--work", default=str(ROOT / ".cache" / "bench-serve"), help="exported models cache")
-    parser.add_argument("--stack", choices=STACKS, help=argparse.SUPPRESS)  # internal: one framework run
-    parser.add_argument("--stack-folder", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.stack:
-        logging.disable(logging.WARNING)
-        print(json.dumps(stack_times(args.stack, Path(args.stack_folder), args.requests)))
-        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
     rounds = args.rounds or (2 if args.quick else 4)

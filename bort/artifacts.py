@@ -25,7 +25,7 @@ MANIFEST = "manifest.json"
 # Which config sections each stage's output depends on, and which stages it reads.
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "data": ("task",),
-    "optimize": ("source", "task", "corpus", "optimize"),
+    "optimize": ("source", "task", "corpus", "optimize", "pretrain"),  # ê uses the pretrain loop settings
     "pretrain": ("source", "task", "corpus", "pretrain"),
     "finetune": ("source", "task", "finetune"),
     "export": ("task", "export"),

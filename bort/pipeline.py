@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bort.artifacts import atomic_write_json, is_up_to_date, read_manifest
+from bort.artifacts import atomic_write_json, read_manifest
 from bort.errors import BortError
 
 log = logging.getLogger(__name__)
@@ -37,16 +37,18 @@ class StageTiming:
     exit_code: int = 0
 
 
-def _fingerprint_if_done(run_dir: Path, stage: str) -> str | None:
+def _manifest_stamp(run_dir: Path, stage: str) -> tuple[str, str] | None:
+    """(fingerprint, created_at) of a stage's manifest: unchanged across a call means it was skipped."""
     try:
-        return read_manifest(run_dir, stage, verify=False).fingerprint
+        m = read_manifest(run_dir, stage, verify=False)
     except BortError:
         return None
+    return m.fingerprint, m.created_at
 
 
 def run_stage(cfg: Any, run_dir: Path, stage: str, module_name: str) -> StageTiming:
     """Run one stage (it skips itself when up to date); time it; pass on a non-zero exit code."""
-    before = _fingerprint_if_done(run_dir, stage)
+    before = _manifest_stamp(run_dir, stage)
     start = time.time()
     try:
         module = importlib.import_module(module_name)
@@ -57,8 +59,7 @@ def run_stage(cfg: Any, run_dir: Path, stage: str, module_name: str) -> StageTim
         return StageTiming(stage, 0.0, True)
     result = module.run(cfg, run_dir, None)
     seconds = time.time() - start
-    after = _fingerprint_if_done(run_dir, stage)
-    skipped = before is not None and before == after and is_up_to_date(run_dir, stage, after) and seconds < 5
+    skipped = before is not None and before == _manifest_stamp(run_dir, stage)
     code = result if isinstance(result, int) else 0
     return StageTiming(stage, round(seconds, 1), skipped, code)
 

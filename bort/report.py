@@ -58,9 +58,10 @@ SECTIONS: list[tuple[str, str, list[tuple[str, str]]]] = [
         ("candidates", "n_candidates"), ("Pareto front size", "front_size"),
         ("chosen shape D/A/H/I", "chosen"), ("chosen parameters, net", "chosen_params_net"),
         ("chosen parameters, effective (encoder)", "chosen_params_effective"),
-        ("source parameters, net", "source_params_net"),
         ("chosen latency, ms (ORT, search settings)", "chosen_latency_ms"),
         ("source latency, ms (same settings)", "source_latency_ms"), ("speedup", "speedup"),
+        ("latency inversions measured", "n_inversions"),
+        ("latency model error, leave-one-out %", "latency_model_loo_mape"),
     ]),
     ("Distillation pretraining", "pretrain", [
         ("initialisation", "init"), ("steps", "steps"), ("held-out distillation loss", "heldout_loss"),
@@ -73,9 +74,10 @@ SECTIONS: list[tuple[str, str, list[tuple[str, str]]]] = [
         ("Agora macro-F1", "macro_f1.agora"), ("deployed model", "deploy"),
     ]),
     ("Export", "export", [
-        ("fp32 ONNX vs PyTorch, max |logit diff|", "parity_max_abs_diff"),
+        ("fp32 ONNX vs PyTorch, max abs logit difference", "parity_max_abs_diff"),
         ("fp32 dev accuracy", "fp32_dev_accuracy"), ("int8 dev accuracy", "int8_dev_accuracy"),
-        ("int8 drop, points", "int8_drop_points"), ("deployed precision", "deployed_precision"),
+        ("int8 drop, points", "int8_drop_points"), ("deployed precision, optimised model", "deployed.optimized"),
+        ("deployed precision, baseline model", "deployed.baseline"),
     ]),
     ("Served speed (Locust on 127.0.0.1)", "loadtest", [
         ("baseline", "baseline"), ("requests/s ratio, optimised/baseline", "rps_ratio"),

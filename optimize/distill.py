@@ -18,7 +18,9 @@ Two losses, chosen by the teacher:
     of the last layer's queries, keys and values split into a fixed number R of relation heads
     (R = the teacher's head count when it divides both widths), averaged over query tokens and R.
 
-  Both terms are exactly zero when the student is the teacher.
+  Both terms are exactly zero when the student is the teacher. (Measured, MiniLM -> 3/12/384/1536,
+  50 steps: adding a sentence-embedding cosine term moved the held-out embedding cosine by
+  +0.003, within noise, and dropping the relation term by -0.002; the mix stays as above.)
 """
 
 from __future__ import annotations

@@ -123,7 +123,9 @@ def _resume(folder: Path | None, model: torch.nn.Module, opt: torch.optim.Optimi
     """The saved state when `folder` holds a checkpoint of this configuration, else a fresh one."""
     latest = C.latest_checkpoint(folder, key) if folder is not None else None
     if latest is not None:
-        return C.load_checkpoint(latest, model, opt)
+        state = C.load_checkpoint(latest, model, opt)
+        log.info("resuming from checkpoint step %d (%s)", state["step"], latest)
+        return state
     torch.manual_seed(spec.seed)  # dropout; data order and masking have their own seeds
     return _fresh_state(spec, key)
 

@@ -51,8 +51,9 @@ class Classifier:
                                    max_seq_len=settings.max_seq_len, spin=settings.ort_spin)
         self.predictor.warm_up()
         http_app.state.engine = Engine(self.predictor, settings)
-        log.info("serving %s from %s (%d threads, max %d tokens, api key %s)", self.predictor.name,
-                 folder, settings.num_threads, self.predictor.max_seq_len,
+        log.info("serving %s from %s (%d threads, max %d tokens, batching %s, api key %s)",
+                 self.predictor.name, folder, settings.num_threads, self.predictor.max_seq_len,
+                 "on" if http_app.state.engine.batching else "off",
                  "required" if settings.api_key() else "off")
 
     def _stored_model_path(self) -> str:

@@ -37,7 +37,7 @@ class ServiceSettings:
     max_chars: int = 2000
     max_body_bytes: int = 1_000_000
     max_seq_len: int = 128
-    batching: bool = True
+    batching: str = "auto"
     max_batch_texts: int = 64
     api_key_env: str = "BORT_API_KEY"
     ort_spin: bool = True

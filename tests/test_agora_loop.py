@@ -113,7 +113,7 @@ def test_a_test_text_planted_in_the_dev_mistakes_cannot_reach_training(parts, ti
     dev = [planted, *task.dev]
     inputs = inputs_for(parts, tiny_source, task, cfg, dev=dev)
     # the best model got every dev example wrong: the planted test text is among the mistakes
-    state = loop._State(thetas=[], iteration=1, best_dev={"pred": np.array([1 - e.label for e in dev])})
+    state = loop.LoopState(thetas=[], iteration=1, best_dev={"pred": np.array([1 - e.label for e in dev])})
     new, stats = loop._make_points(inputs, cfg.finetune, state)
     assert stats["refused_test_texts"] == 1
     assert new and example_key(planted) not in {example_key(e) for e in new}

@@ -17,7 +17,7 @@ from serve.predictor import Predictor
 from serve.server import _process_table, deployed_folder, free_port
 
 API_KEY = "test-key-123"
-LIMITS = ["serve.max_texts=4", "serve.max_chars=200", "serve.max_body_bytes=2000",
+LIMITS = ["serve.batching=always", "serve.max_texts=4", "serve.max_chars=200", "serve.max_body_bytes=2000",
           "serve.api_key_env=BORT_TEST_API_KEY", "serve.num_threads=1", "serve.max_seq_len=32"]
 TEXTS = ["a gripping, beautifully acted film", "dull and lifeless from start to finish"]
 

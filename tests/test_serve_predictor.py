@@ -127,3 +127,51 @@ def test_api_key_and_content_type_checks():
     check_content_type("application/json; charset=utf-8")
     with pytest.raises(RequestError, match="must be application/json"):
         check_content_type("text/plain")
+
+
+class RecordingPredictor:
+    """Stands in for Predictor: records each model call's size, answers with the input text."""
+
+    is_pair, labels = False, ["a", "b"]
+
+    def __init__(self, precision: str = "fp32") -> None:
+        self.serving = {"precision": precision}
+        self.calls: list[int] = []
+
+    def predict(self, texts=None, pairs=None):
+        import time
+
+        self.calls.append(len(texts))
+        time.sleep(0.05)  # long enough for the other requests to queue behind the first
+        return [{"label": t} for t in texts]
+
+
+def _classify_concurrently(engine, batches):
+    import asyncio
+
+    async def run():
+        return await asyncio.gather(*(engine.classify(b) for b in batches))
+
+    return asyncio.run(run())
+
+
+def test_engine_merges_waiting_requests_and_routes_answers_back():
+    from serve.app import Engine
+
+    predictor = RecordingPredictor("fp32")
+    engine = Engine(predictor, ServiceSettings(batching="auto", max_batch_texts=4))
+    batches = [["r0"], ["r1a", "r1b"], ["r2"], ["r3a", "r3b"]]
+    answers = _classify_concurrently(engine, batches)
+    assert [[r["label"] for r in a] for a in answers] == batches  # each request gets its own answers
+    assert predictor.calls == [4, 2]  # all four wait for the first call: as many as fit in 4 texts, then the rest
+    engine.close()
+
+
+def test_engine_does_not_merge_requests_for_int8_models_by_default():
+    from serve.app import Engine
+
+    predictor = RecordingPredictor("int8")
+    engine = Engine(predictor, ServiceSettings(batching="auto"))
+    _classify_concurrently(engine, [["a"], ["b"], ["c"]])
+    assert predictor.calls == [1, 1, 1] and engine.batching is False
+    engine.close()
