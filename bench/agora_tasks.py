@@ -168,9 +168,11 @@ def markdown(summary: dict[str, Any], args: argparse.Namespace) -> str:
         if "macro_f1" in row:
             f1 = row["macro_f1"]
             lines.append(f"| {task} | {_pm(f1['labeller'])} | {_pm(f1['plain'])} | {_pm(f1['agora'])} |")
-    lines += ["", "Caveats:", ""] + [f"- {t}: {row['caveat']}" for t, row in summary.items() if row["caveat"]]
-    lines += [f"- {t}: {len(row['errors'])} run(s) failed: {row['errors'][0]}" for t, row in summary.items()
+    notes = [f"- {t}: {row['caveat']}" for t, row in summary.items() if row["caveat"]]
+    notes += [f"- {t}: {len(row['errors'])} run(s) failed: {row['errors'][0]}" for t, row in summary.items()
               if row["errors"]]
+    if notes:
+        lines += ["", "Caveats:", "", *notes]
     return "\n".join(lines) + "\n"
 
 

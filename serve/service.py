@@ -26,6 +26,9 @@ from serve.validation import ServiceSettings
 
 log = logging.getLogger(__name__)
 
+# tokenizers' parallel encode_batch costs more than it saves on request-sized batches: measured
+# 4.0 ms against 0.7 ms for one 1,400-character text on 2 busy cores.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 BENTO_MODEL = os.environ.get("BORT_BENTO_MODEL", "")
 http_app = build_app()
 
