@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from bort.data import Example, TaskData
 
@@ -46,13 +45,3 @@ def keyword_probs(points: list) -> np.ndarray:
         out[i] = (0.1, 0.9) if score > 0 else (0.9, 0.1)
     return out
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and far faster than on two when other jobs share the CPU."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

@@ -110,3 +110,15 @@ def tiny_export_run(tiny_finetune_run) -> Path:
         mp.setattr(export, "load_task", lambda cfg, run_dir: fake_task())
         export.run(cfg, tiny_finetune_run)
     return tiny_finetune_run
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for tiny models: faster, and two spinning threads crawl when other jobs share
+    the CPU; a test that compares against a subprocess also needs the same floating-point sums."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

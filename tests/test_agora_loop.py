@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from agora_fixtures import keyword_probs, one_thread, tiny_task  # noqa: F401  (one_thread: autouse)
+from agora_fixtures import keyword_probs, tiny_task  # noqa: F401  (fixtures)
 
 from agora import loop
 from agora import train as T
@@ -12,6 +12,8 @@ from agora.guard import Guard, TestLeakError, example_key
 from agora.transform import GSettings, Neighbours, TextTransform, sentence_embedder
 from bort import config as C
 from bort import families as F
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 THETAS = '["lr=3e-4,wd=0.01,warmup=0.1", "lr=1e-4,wd=0.0,warmup=0.0", "lr=5e-4,wd=0.01,warmup=0.2,batch=8"]'
 

@@ -6,12 +6,14 @@ import csv
 import json
 
 import pytest
-from agora_fixtures import one_thread, tiny_task  # noqa: F401  (one_thread: autouse)
+from agora_fixtures import tiny_task  # noqa: F401  (fixtures)
 
 from agora import stage
 from bort import config as C
 from bort.artifacts import read_manifest
 from bort.errors import ArtifactError, ConfigError
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SMALL = ["finetune.seq_len=24", "finetune.batch_size=16", "finetune.epochs=1", "finetune.labeller_epochs=1",
          "finetune.candidates_per_mistake=4", "finetune.similarity_band=[0.0, 0.9999]",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from agora_fixtures import one_thread, tiny_task  # noqa: F401  (one_thread: autouse)
+from agora_fixtures import tiny_task  # noqa: F401  (fixtures)
 
 from agora.guard import Guard, TestLeakError, text_key
 from agora.transform import (
@@ -18,6 +18,8 @@ from agora.transform import (
 )
 from bort import families as F
 from bort.data import Example
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,8 @@ from optimize import extract as E
 from optimize import trainer as T
 from optimize.teacher_cache import TeacherCache
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TEXTS = [f"the film number {i} was {'great' if i % 2 else 'dull'} and {'moving' if i % 3 else 'long'}"
          for i in range(48)]
 
@@ -25,14 +27,6 @@ def _targets(teacher, tokenizer, texts, batch_size=8):
     seqs = B.tokenize(tokenizer, texts, 32)
     return [{**b, **D.teacher_targets(teacher, b)} for b in B.fixed_batches(seqs, batch_size, tokenizer.pad_token_id)]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on a shared 2-core machine, two spinning threads per process crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

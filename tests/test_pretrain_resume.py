@@ -11,25 +11,18 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import ROOT
 
 from bort import config as C
 from bort.artifacts import read_manifest
 from optimize import pretrain
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SHAPE = ["pretrain.layers=1", "pretrain.heads=3", "pretrain.hidden=21", "pretrain.intermediate=20"]
 BUDGET = ["pretrain.max_steps=30", "pretrain.checkpoint_every=3", "pretrain.eval_every=10",
           "pretrain.time_budget_s=0", "pretrain.heldout_texts=16", "pretrain.batch_size=8"]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The subprocess runs with one thread too, so both sides do the same floating-point sums."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _overrides(source: Path) -> list[str]:

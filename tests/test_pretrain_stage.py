@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 
 import pytest
-import torch
 
 from bort import config as C
 from bort import families as F
@@ -13,15 +12,10 @@ from bort.artifacts import atomic_write_json, write_manifest
 from bort.errors import ArtifactError, ConfigError
 from optimize import pretrain
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SHAPE = ["pretrain.layers=1", "pretrain.heads=3", "pretrain.hidden=21", "pretrain.intermediate=20"]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_stage_writes_a_loadable_model_curve_and_metrics(tiny_source, tmp_path):
