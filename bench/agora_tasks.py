@@ -82,7 +82,8 @@ def run_one(task: str, seed: int, args: argparse.Namespace, student: Path | None
     from bort.errors import BortError
 
     name, presets, _ = TASKS[task]
-    overrides = [f"task.name={name}", f"seed={seed}", "finetune.ablation=true", *presets, *args.set]
+    overrides = [f"task.name={name}", f"seed={seed}", f"finetune.ablation={'false' if args.no_ablation else 'true'}",
+                 *presets, *args.set]
     if args.num_threads:
         overrides.append(f"finetune.num_threads={args.num_threads}")
     if student is not None:
@@ -145,7 +146,8 @@ def _pm(stat: dict[str, float] | None) -> str:
 def markdown(summary: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [
         "# Agora on four tasks: test accuracy (%), mean ± std over seeds", "",
-        f"Profile `{args.profile}`, seeds {args.seeds}, student `{args.student}`. Test = a split no model "
+        f"Profile `{args.profile}`, seeds {args.seeds}, student `{args.student}`, torch threads "
+        f"{args.num_threads or 'default'}, extra overrides {args.set or 'none'}. Test = a split no model "
         "trained or was selected on (GLUE: the official dev set). Goals: " + GOALS + ".", "",
         "Θ enumeration: the best of round 1 (Θ tried, no new points). More epochs only: Agora's warm-started "
         "path re-run on train without the new points (what the extra epochs alone give).", "",
@@ -184,10 +186,31 @@ def main() -> None:
     parser.add_argument("--student", choices=["extract", "pretrain"], default="extract")
     parser.add_argument("--num-threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--set", action="append", default=[], help="extra config override (repeatable)")
+    parser.add_argument("--no-ablation", action="store_true",
+                        help="skip the 'more epochs only' control (saves ~15%% of the time)")
+    parser.add_argument("--tag", default="", help="write agora_tasks-TAG.{json,md}, so parallel runs keep apart")
+    parser.add_argument("--merge", default="", help="comma-separated tags: combine their runs into agora_tasks.*")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from bort.artifacts import atomic_write_json, atomic_write_text
 
+    if args.merge:
+        import json
+
+        parts = [json.loads((RESULTS / f"agora_tasks-{t.strip()}.json").read_text()) for t in args.merge.split(",")]
+        runs = [r for part in parts for r in part["runs"]]
+        order = {t: i for i, t in enumerate(TASKS)}
+        runs.sort(key=lambda r: (order[r["task"]], r["seed"]))
+        args.seeds = ",".join(sorted({str(r["seed"]) for r in runs}))
+        args.set = sorted({o for part in parts for o in part["args"]["set"]})
+        args.num_threads = max(part["args"]["num_threads"] for part in parts)
+        summary = summarise(runs)
+        atomic_write_json(RESULTS / "agora_tasks.json", {"args": [p["args"] for p in parts], "runs": runs,
+                                                         "summary": summary})
+        atomic_write_text(RESULTS / "agora_tasks.md", markdown(summary, args))
+        print(markdown(summary, args))
+        return
+    stem = f"agora_tasks-{args.tag}" if args.tag else "agora_tasks"
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
@@ -198,8 +221,8 @@ def main() -> None:
         for seed in (int(s) for s in args.seeds.split(",")):
             runs.append(run_one(task, seed, args, student))
             summary = summarise(runs)
-            atomic_write_json(RESULTS / "agora_tasks.json", {"args": vars(args), "runs": runs, "summary": summary})
-            atomic_write_text(RESULTS / "agora_tasks.md", markdown(summary, args))
+            atomic_write_json(RESULTS / f"{stem}.json", {"args": vars(args), "runs": runs, "summary": summary})
+            atomic_write_text(RESULTS / f"{stem}.md", markdown(summary, args))
     print(markdown(summarise(runs), args))
 
 

@@ -108,20 +108,24 @@ def real_plans(cfg: Any, run_dir: Path, config_file: Path, work: Path) -> list[M
     export = read_manifest(run_dir, "export")
     finetune = read_manifest(run_dir, "finetune")
     acc = services.accuracies(finetune, export)
+    roles = export.metrics.get("roles") or {}
     port, timeout = cfg.loadtest.port, cfg.loadtest.start_timeout_s
     plans = []
-    for name, role, label, accuracy in (("source", "baseline", "source (labeller)", acc["labeller"]),
-                                        ("extracted", "optimized", f"extracted ({acc['optimized_name']})",
-                                         acc["optimized"])):
+    for name, role, label, pytorch in (("source", "baseline", "source (labeller)", acc["labeller_pytorch"]),
+                                       ("extracted", "optimized", f"extracted ({acc['optimized_name']})",
+                                        (finetune.metrics.get("accuracy") or {}).get(acc["optimized_name"]))):
         for precision in ("fp32", "int8"):
             folder = export.dir / role / precision
             if not (folder / "serving.json").is_file():
                 log.warning("%s has no %s export; skipped", role, precision)
                 continue
             key = f"{name}_{precision}"
+            served = ((roles.get(role) or {}).get("test_accuracy") or {}).get(precision)
+            accuracy, note = ((served, f"test accuracy of this ONNX {precision} file") if served is not None
+                              else (pytorch, "test accuracy of the PyTorch model (fp32)"))
             spec = services.folder_spec(key, folder, work / f"serve_{key}", cfg, port, config_file, timeout)
             plans.append(ModelPlan(role=key, spec=spec, label=f"{label}, ONNX {precision}", accuracy=accuracy,
-                                   accuracy_note="test accuracy of the PyTorch model (fp32)"))
+                                   accuracy_note=note))
     return plans
 
 

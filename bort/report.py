@@ -78,6 +78,8 @@ SECTIONS: list[tuple[str, str, list[tuple[str, str]]]] = [
         ("fp32 dev accuracy", "fp32_dev_accuracy"), ("int8 dev accuracy", "int8_dev_accuracy"),
         ("int8 drop, points", "int8_drop_points"), ("deployed precision, optimised model", "deployed.optimized"),
         ("deployed precision, baseline model", "deployed.baseline"),
+        ("test accuracy of the served optimised file", "served_test_accuracy.optimized"),
+        ("test accuracy of the served baseline file", "served_test_accuracy.baseline"),
     ]),
     ("Served speed (Locust on 127.0.0.1)", "loadtest", [
         ("baseline", "baseline"), ("requests/s ratio, optimised/baseline", "rps_ratio"),

@@ -101,6 +101,21 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+LOCUST_OUTPUTS = ("stats.csv", "stats_history.csv", "failures.csv", "exceptions.csv", "locust.log")
+
+
+def clear_outputs(prefix: Path) -> list[Path]:
+    """Remove what an earlier run with this prefix left: its samples (``<prefix>.<pid>.csv``, one
+    per Locust process), Locust's CSVs and log. Samples are read by glob, so a stale file from an
+    interrupted or repeated run would otherwise be counted with the new one. Returns what went."""
+    prefix = Path(prefix)
+    stale = [*prefix.parent.glob(f"{prefix.name}.*.csv"),
+             *(prefix.parent / f"{prefix.name}_{part}" for part in LOCUST_OUTPUTS)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def run_locust(port: int, profile: Profile, texts_file: Path, prefix: Path,
                cpus: set[int] | None = None) -> LocustResult:
     """One bounded, headless Locust run; its CSVs and samples land next to `prefix`.
@@ -112,6 +127,7 @@ def run_locust(port: int, profile: Profile, texts_file: Path, prefix: Path,
         BortError: Locust did not finish within run time + grace, or wrote no statistics.
     """
     prefix.parent.mkdir(parents=True, exist_ok=True)
+    clear_outputs(prefix)
     cmd = locust_command(port, profile, prefix)
     env = {**os.environ, **locust_env(profile, texts_file, prefix)}
     preexec = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
@@ -147,6 +163,7 @@ def run_distributed(port: int, profile: Profile, texts_file: Path, prefix: Path,
         BortError: the master did not finish in time or wrote no statistics.
     """
     prefix.parent.mkdir(parents=True, exist_ok=True)
+    clear_outputs(prefix)
     env = {**os.environ, **locust_env(profile, texts_file, prefix)}
     master_cmd = locust_command(port, profile, prefix, role="master", master_port=master_port,
                                 expect_workers=workers)

@@ -108,20 +108,31 @@ def shape_plan(shape: str, precision: str, labels: list[str], cfg: Any, where: P
 
 
 def accuracies(finetune: Manifest, export: Manifest) -> dict[str, Any]:
-    """Test accuracy of the deployed model and of the labeller, from the finetune manifest, with
-    the int8 effect (measured on dev by ``bort export``) stated beside it."""
+    """Test accuracy of the served files (``bort export`` scores each ONNX variant on the test
+    split), falling back to the finetune manifest's PyTorch figure for older exports."""
     ft, ex = finetune.metrics, export.metrics
     deploy = str(ft.get("deploy", "optimized"))
     accuracy = ft.get("accuracy", {}) if isinstance(ft.get("accuracy"), dict) else {}
+    roles = ex.get("roles") or {}
     precision = (ex.get("deployed") or {}).get("optimized", "fp32")
-    drop = ((ex.get("roles") or {}).get("optimized") or {}).get("int8_drop_points")
-    note = f"`{deploy}` test accuracy (PyTorch fp32)"
-    if precision == "int8" and drop is not None:
-        note += f"; served int8, {drop:.2f} points below fp32 on dev"
+    served = ((roles.get("optimized") or {}).get("test_accuracy") or {}).get(precision)
+    baseline_fp32 = ((roles.get("baseline") or {}).get("test_accuracy") or {}).get("fp32")
+    drop = (roles.get("optimized") or {}).get("int8_drop_points")
+    if served is not None:
+        note = f"`{deploy}` test accuracy as served (ONNX {precision})"
+    else:
+        note = f"`{deploy}` test accuracy (PyTorch fp32)"
+        if precision == "int8" and drop is not None:
+            note += f"; served int8, {drop:.2f} points below fp32 on dev"
     parity = ex.get("parity_max_abs_diff")
+    if baseline_fp32 is not None:
+        labeller, labeller_note = baseline_fp32, "labeller test accuracy as served (ONNX fp32)"
+    else:
+        labeller = accuracy.get("labeller")
+        labeller_note = ("labeller test accuracy (PyTorch); its ONNX fp32 export matches within "
+                         f"{parity:.1e} logits" if parity is not None else "labeller test accuracy (PyTorch)")
     return {
-        "optimized": accuracy.get(deploy), "optimized_name": deploy, "optimized_precision": precision,
-        "optimized_note": note, "labeller": accuracy.get("labeller"),
-        "labeller_note": "labeller test accuracy (PyTorch); its ONNX fp32 export matches within "
-                         f"{parity:.1e} logits" if parity is not None else "labeller test accuracy (PyTorch)",
+        "optimized": served if served is not None else accuracy.get(deploy), "optimized_name": deploy,
+        "optimized_precision": precision, "optimized_note": note, "labeller": labeller,
+        "labeller_note": labeller_note, "labeller_pytorch": accuracy.get("labeller"),
     }

@@ -153,7 +153,7 @@ def plan_services(cfg: Any, run_dir: Path, out: Path, upstream: dict[str, Manife
         folder = upstream["finetune"].dir / "models" / "labeller"
         plan = ModelPlan(role="baseline", label="source (labeller, PyTorch fp32)",
                          spec=S.torch_spec(folder, cfg, port, timeout, labels=list(task.labels)),
-                         accuracy=acc["labeller"], accuracy_note="labeller test accuracy (PyTorch)")
+                         accuracy=acc["labeller_pytorch"], accuracy_note="labeller test accuracy (PyTorch)")
     else:
         plan = S.shape_plan(baseline.split(":", 1)[1], "fp32", task.labels, cfg, where, port, config_file, timeout)
     return [plan, optimized]

@@ -8,7 +8,8 @@ Two roles are exported from the finetune stage's models:
 
 Output: ``run_dir/export/<role>/<precision>/`` (self-contained folders the service loads),
 ``deployed.json`` (which precision serves each role, and why), and the manifest, whose metrics
-carry the parity figure, fp32 and int8 dev accuracy, the int8 drop and each variant's latency.
+carry the parity figure, fp32 and int8 dev accuracy, the int8 drop (dev decides what is served),
+each variant's test accuracy (reported, never used to decide) and each variant's latency.
 The deployed folders are also registered in the BentoML model store (``$BENTOML_HOME``) as
 ``bort-<role>:<fingerprint>``.
 """
@@ -111,6 +112,9 @@ def export_role(role: str, source: str, model_dir: Path, out_root: Path, task: A
     evaluate = {"num_threads": ec.num_threads, "seq_len": ec.seq_len, "batch_size": ec.eval_batch_size,
                 "task_labels": list(task.labels)}
     m["fp32_dev_accuracy"] = X.dev_accuracy(fp32, task.dev, task.is_pair, desc=f"{role} fp32 dev", **evaluate)
+    # Reported only, never used to decide: what users get from the served file on the untouched split.
+    m["test_accuracy"] = {"fp32": X.dev_accuracy(fp32, task.test, task.is_pair, desc=f"{role} fp32 test",
+                                                 **evaluate)}
     m["latency_ms"] = {"fp32": X.measure_latency(fp32, **timing)}
     m["size_mb"] = {"fp32": X.onnx_size_mb(fp32)}
     m["deployed_precision"], m["decision"] = "fp32", "export.quantize is false"
@@ -121,6 +125,8 @@ def export_role(role: str, source: str, model_dir: Path, out_root: Path, task: A
         X.write_serving(int8, precision="int8", name=f"{role}:{source}:int8", **sidecar)
         m["int8_dev_accuracy"] = X.dev_accuracy(int8, task.dev, task.is_pair, desc=f"{role} int8 dev", **evaluate)
         m["int8_drop_points"] = round((m["fp32_dev_accuracy"] - m["int8_dev_accuracy"]) * 100.0, 3)
+        m["test_accuracy"]["int8"] = X.dev_accuracy(int8, task.test, task.is_pair, desc=f"{role} int8 test",
+                                                    **evaluate)
         m["latency_ms"]["int8"] = X.measure_latency(int8, **timing)
         m["size_mb"]["int8"] = X.onnx_size_mb(int8)
         m["deployed_precision"], m["decision"] = int8_decision(m["int8_drop_points"], ec.max_int8_drop_points)
@@ -181,6 +187,7 @@ def summary_metrics(roles: dict[str, dict[str, Any]], target: str, why: str,
         "fp32_dev_accuracy": opt["fp32_dev_accuracy"],
         "int8_dev_accuracy": opt.get("int8_dev_accuracy"),
         "int8_drop_points": opt.get("int8_drop_points"),
+        "served_test_accuracy": {role: m["test_accuracy"][m["deployed_precision"]] for role, m in roles.items()},
         "deployed": {role: m["deployed_precision"] for role, m in roles.items()},
         "latency_ms": {role: m["latency_ms"] for role, m in roles.items()},
         "quantization": {"target": target, "why": why},
@@ -198,5 +205,6 @@ def report_line(metrics: dict[str, Any]) -> str:
         acc = f"fp32 dev acc {m['fp32_dev_accuracy']:.4f}"
         if "int8_dev_accuracy" in m:
             acc += f", int8 {m['int8_dev_accuracy']:.4f} (drop {m['int8_drop_points']:.2f} pts)"
+        acc += f"; served test acc {m['test_accuracy'][m['deployed_precision']]:.4f}"
         lines.append(f"  {role} ({m['source']}): {acc}; {lat}; serving {m['deployed_precision']}")
     return "\n".join(lines)

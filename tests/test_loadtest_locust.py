@@ -46,6 +46,19 @@ def test_wrong_labels_are_counted_as_failures(tmp_path, texts_file):
     assert "is not one of" in (tmp_path / "run_locust.log").read_text()  # Locust's error report
 
 
+def test_samples_left_by_an_earlier_run_are_not_counted(tmp_path, texts_file):
+    """Samples are globbed per prefix: a stale file from a repeated run must go, a neighbour's stay."""
+    stale_rows = "t_s,users,latency_ms,ok\n" + "".join(f"{i / 10:.1f},1,99999.0,1\n" for i in range(500))
+    (tmp_path / "run.1.csv").write_text(stale_rows)
+    (tmp_path / "run_u10.1.csv").write_text(stale_rows)  # another prefix: untouched
+    profile = Profile(users=1, duration_s=1, warmup_s=0, grace_s=30)
+    with S.serving(standin_spec(), tmp_path / "server.log") as running:
+        run_locust(running.spec.port, profile, texts_file, tmp_path / "run")
+    assert not (tmp_path / "run.1.csv").exists() and (tmp_path / "run_u10.1.csv").exists()
+    samples = report.read_samples(tmp_path / "run")
+    assert samples.shape[0] > 0 and samples[:, 2].max() < 99999.0
+
+
 def test_master_and_one_worker_on_loopback_make_requests(tmp_path, texts_file):
     profile = Profile(users=2, duration_s=1, warmup_s=0, grace_s=30)
     with S.serving(standin_spec(), tmp_path / "server.log") as running:

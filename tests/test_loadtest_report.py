@@ -111,3 +111,22 @@ def test_report_files_are_written_with_speed_only_labelled(tmp_path):
     assert page.count("data:image/png;base64,") == 2
     assert (tmp_path / render.LATENCY_PNG).stat().st_size > 1000 and (tmp_path / render.RPS_PNG).is_file()
     json.dumps(results)  # results.json must be plain JSON
+
+
+def test_report_accuracy_is_the_served_files_own_when_export_scored_it():
+    from types import SimpleNamespace
+
+    from loadtest.services import accuracies
+
+    finetune = SimpleNamespace(metrics={"deploy": "agora", "accuracy": {"labeller": 0.84, "agora": 0.83}})
+    old = SimpleNamespace(metrics={"deployed": {"optimized": "int8"}, "parity_max_abs_diff": 2e-6,
+                                   "roles": {"optimized": {"int8_drop_points": 0.3}}})
+    acc = accuracies(finetune, old)  # an export without test scores: PyTorch figures, int8 effect noted
+    assert acc["optimized"] == 0.83 and "PyTorch" in acc["optimized_note"] and "0.30 points" in acc["optimized_note"]
+    assert acc["labeller"] == 0.84
+    new = SimpleNamespace(metrics={"deployed": {"optimized": "int8"}, "parity_max_abs_diff": 2e-6, "roles": {
+        "optimized": {"int8_drop_points": 0.3, "test_accuracy": {"fp32": 0.83, "int8": 0.825}},
+        "baseline": {"test_accuracy": {"fp32": 0.8401, "int8": 0.839}}}})
+    acc = accuracies(finetune, new)
+    assert acc["optimized"] == 0.825 and "as served (ONNX int8)" in acc["optimized_note"]
+    assert acc["labeller"] == 0.8401 and acc["labeller_pytorch"] == 0.84

@@ -33,6 +33,10 @@ def test_export_manifest_records_parity_accuracy_and_latency(tiny_export_run):
     assert 0.0 <= m["fp32_dev_accuracy"] <= 1.0 and 0.0 <= m["int8_dev_accuracy"] <= 1.0
     assert m["int8_drop_points"] == pytest.approx((m["fp32_dev_accuracy"] - m["int8_dev_accuracy"]) * 100, abs=1e-2)
     assert m["quantization"]["target"] in X.QUANTIZATION_TARGETS
+    for role, rm in m["roles"].items():  # every served file is scored on the test split too
+        assert set(rm["test_accuracy"]) == {"fp32", "int8"}
+        assert all(0.0 <= v <= 1.0 for v in rm["test_accuracy"].values())
+        assert m["served_test_accuracy"][role] == rm["test_accuracy"][rm["deployed_precision"]]
     for role in ("optimized", "baseline"):
         for precision in ("fp32", "int8"):
             lat = m["latency_ms"][role][precision]
