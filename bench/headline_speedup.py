@@ -168,11 +168,17 @@ def markdown(results: dict[str, Any]) -> str:
             md.append(f"| {row['comparison']} | {row['baseline']} | {row['optimized']} | "
                       f"{row['rps_ratio']}x ({row['rps_ratio_users']}) | {row['p50_ratio']}x ({row['p50_ratio_users']}) | "
                       f"{'yes' if row['goal_met'] else 'no'} |")
-        md += ["", "| model | users | requests/s | p50 ms | p95 ms | p99 ms | failed |", "|---|---|---|---|---|---|---|"]
+        md += ["", "| model | test accuracy | users | requests/s | p50 ms | p95 ms | p99 ms | failed |",
+               "|---|---|---|---|---|---|---|---|"]
         for model in section["models"].values():
+            acc = model.get("accuracy")
+            acc_text = "speed only" if model.get("speed_only") or acc is None else f"{100 * acc:.2f}%"
             for users, lv in model["levels"].items():
-                md.append(f"| {model['label']} | {users} | {lv['rps']:.1f} | {lv['p50_ms']} | {lv['p95_ms']} | "
-                          f"{lv['p99_ms']} | {lv['failures']} / {lv['requests']} |")
+                md.append(f"| {model['label']} | {acc_text} | {users} | {lv['rps']:.1f} | {lv['p50_ms']} | "
+                          f"{lv['p95_ms']} | {lv['p99_ms']} | {lv['failures']} / {lv['requests']} |")
+        notes = sorted({m["accuracy_note"] for m in section["models"].values() if m.get("accuracy_note")})
+        if notes:
+            md += ["", "Accuracy: " + "; ".join(notes) + "."]
         md.append("")
     return "\n".join(md)
 
