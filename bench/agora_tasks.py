@@ -123,6 +123,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
             for metric in ("accuracy", "macro_f1"):
                 row[metric] = {m: _stat([r[metric][m] for r in ok]) for m in ("labeller", "plain", "agora")}
             row["enumeration"] = _stat([r["enumeration"]["accuracy"] for r in ok])
+            # What the new points add beyond trying Θ: paired per seed (same splits, same round 1).
+            row["agora_minus_enumeration"] = _stat([r["accuracy"]["agora"] - r["enumeration"]["accuracy"] for r in ok])
             ablated = [r["ablation"]["accuracy"] for r in ok if r.get("ablation")]
             row["ablation"] = _stat(ablated) if ablated else None
             acc = row["accuracy"]
@@ -151,19 +153,20 @@ def markdown(summary: dict[str, Any], args: argparse.Namespace) -> str:
         "trained or was selected on (GLUE: the official dev set). Goals: " + GOALS + ".", "",
         "Θ enumeration: the best of round 1 (Θ tried, no new points). More epochs only: Agora's warm-started "
         "path re-run on train without the new points (what the extra epochs alone give).", "",
-        "| task | labeller | plain | agora | Θ enumeration | more epochs only | gap closed | goals met | seeds "
-        "| reference (published) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| task | labeller | plain | agora | Θ enumeration | more epochs only | agora − enumeration (points) "
+        "| gap closed | goals met | seeds | reference (published) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for task, row in summary.items():
         if "accuracy" not in row:
-            lines.append(f"| {task} | error: {row['errors'][0][:80]} | | | | | | | 0 | {row['reference']} |")
+            lines.append(f"| {task} | error: {row['errors'][0][:170]} | | | | | | | | 0 | {row['reference']} |")
             continue
         acc = row["accuracy"]
         goals = [k.removeprefix("goal_") for k in row if k.startswith("goal_") and row[k]]
         closed = "n/a" if row["gap_closed"] is None else f"{100 * row['gap_closed']:.0f}%"
         lines.append(f"| {task} | {_pm(acc['labeller'])} | {_pm(acc['plain'])} | {_pm(acc['agora'])} | "
-                     f"{_pm(row['enumeration'])} | {_pm(row['ablation'])} | {closed} | {', '.join(goals) or 'none'} | "
+                     f"{_pm(row['enumeration'])} | {_pm(row['ablation'])} | {_pm(row.get('agora_minus_enumeration'))} | "
+                     f"{closed} | {', '.join(goals) or 'none'} | "
                      f"{acc['agora']['n']} | {row['reference']} |")
     lines += ["", "Macro-F1 (%):", "", "| task | labeller | plain | agora |", "|---|---|---|---|"]
     for task, row in summary.items():
