@@ -29,6 +29,17 @@ def test_wrong_type_names_the_dotted_key():
         C.resolve(overrides=["optimize.seq_len=fast"])
 
 
+def test_scientific_notation_without_a_dot_is_a_number(tmp_path):
+    """YAML 1.1 reads 1e-4 as a string; bort takes it as the number a user means."""
+    f = tmp_path / "c.yaml"
+    f.write_text("finetune:\n  lr: 2e-5\n")
+    cfg = C.resolve([f], ["finetune.labeller_lr=1e-4"])
+    assert (cfg.finetune.lr, cfg.finetune.labeller_lr) == (2e-5, 1e-4)
+    for bad in ("fast", "nan", "inf"):
+        with pytest.raises(ConfigError, match=r"finetune\.lr: expected a number"):
+            C.resolve(overrides=[f"finetune.lr={bad}"])
+
+
 def test_bool_is_not_accepted_as_a_number():
     with pytest.raises(ConfigError, match="serve.port"):
         C.resolve(overrides=["serve.port=true"])
