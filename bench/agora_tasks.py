@@ -205,7 +205,8 @@ def main() -> None:
         order = {t: i for i, t in enumerate(TASKS)}
         runs.sort(key=lambda r: (order[r["task"]], r["seed"]))
         args.seeds = ",".join(sorted({str(r["seed"]) for r in runs}))
-        args.set = sorted({o for part in parts for o in part["args"]["set"]})
+        args.set = [f"{part['args']['tag'] or 'untagged'} ({part['args']['tasks']}): {', '.join(part['args']['set'])}"
+                    for part in parts if part["args"]["set"]]
         args.num_threads = max(part["args"]["num_threads"] for part in parts)
         summary = summarise(runs)
         atomic_write_json(RESULTS / "agora_tasks.json", {"args": [p["args"] for p in parts], "runs": runs,
