@@ -1,10 +1,16 @@
-"""Classifier fine-tuning on CPU: length-bucketed batches, AdamW with warm-up and linear decay.
+"""Classifier fine-tuning: length-bucketed batches, AdamW with warm-up and linear decay.
 
 One loop serves the labeller, plain fine-tuning and every Agora run. Texts are tokenised once
 without padding; batches gather texts of similar length (shuffled in pools, sorted inside a
 pool) so a batch pads to its own longest text, not to ``seq_len``: on Rotten Tomatoes (median 27
 tokens) that is about 2x fewer token positions than padding to 64. Every set a model is trained
 on passes the test :class:`~agora.guard.Guard` first.
+
+Where models run (``finetune.device``, set once per stage with :func:`set_device`): the CPU by
+default on a machine without a GPU. On a GPU a model moves there for one fine-tune or one
+prediction and back to the CPU afterwards, so everything between (copies, saving, the
+embedding table G reads) sees a CPU model. GPU kernels are not bit-deterministic: a run there
+reproduces its figures only to within noise.
 """
 
 from __future__ import annotations
@@ -29,6 +35,52 @@ from agora.guard import Guard
 log = logging.getLogger(__name__)
 
 POOL_BATCHES = 50  # a shuffled pool of this many batches is sorted by length, then cut into batches
+_DEVICE = torch.device("cpu")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> the first CUDA GPU torch sees, else the CPU; ``cpu`` / ``cuda`` / ``cuda:N`` as given.
+
+    Raises:
+        ValueError: a CUDA device was asked for and torch sees none (or not that many).
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise ValueError(f"finetune.device={name!r}, but torch sees {count} CUDA device(s) here; "
+                             "use finetune.device=cpu or auto")
+    return device
+
+
+def set_device(name: str) -> torch.device:
+    """Where fine-tunes and predictions run from now on (see the module's notes)."""
+    global _DEVICE
+    _DEVICE = resolve_device(name)
+    return _DEVICE
+
+
+def current_device() -> torch.device:
+    return _DEVICE
+
+
+def to_device(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.to(_DEVICE, non_blocking=True) for k, v in batch.items()} if _DEVICE.type != "cpu" else batch
+
+
+@contextmanager
+def on_device(model: Any) -> Iterator[Any]:
+    """`model` on the current device for the block, back on the CPU after it (a no-op on the CPU)."""
+    if _DEVICE.type == "cpu":
+        yield model
+        return
+    model.to(_DEVICE)
+    try:
+        yield model
+    finally:
+        model.to("cpu")
 
 
 @dataclass(frozen=True)
@@ -166,21 +218,24 @@ def fine_tune(model: Any, tokenizer: Any, examples: Sequence[Any], spec: TrainSp
     plan = [length_batches(data.lengths, spec.batch_size, rng) for _ in range(epochs_whole)]
     steps = [b for epoch in plan for b in epoch][:max(1, round(spec.epochs * len(plan[0])))]
     model.get_input_embeddings().weight.requires_grad_(not spec.freeze_word_embeddings)
-    optimizer, scheduler = _optimizer(model, spec, len(steps))
     labels = torch.from_numpy(data.labels)
-    losses: list[float] = []
+    step_losses: list[torch.Tensor] = []  # kept on the device: no sync per step
     started = time.time()
     model.train()
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), on_device(model):
+        optimizer, scheduler = _optimizer(model, spec, len(steps))  # its state lives where the model does
         torch.manual_seed(spec.seed)  # dropout masks
         for idx in tqdm(steps, desc=desc, unit="step", leave=False, mininterval=2.0):
-            out = model(**collate(data, idx, tokenizer.pad_token_id), labels=labels[idx])
+            out = model(**to_device(collate(data, idx, tokenizer.pad_token_id)),
+                        labels=labels[idx].to(_DEVICE))
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            losses.append(out.loss.item())
+            step_losses.append(out.loss.detach())
+        losses = torch.stack(step_losses).cpu().tolist()
+        del optimizer, scheduler
     model.eval()
     model.get_input_embeddings().weight.requires_grad_(True)
     seconds = time.time() - started
@@ -215,10 +270,10 @@ def predict(model: Any, tokenizer: Any, examples: Sequence[Any], seq_len: int,
     data = encode(tokenizer, examples, seq_len)
     out = np.zeros((len(examples), model.config.num_labels), dtype=np.float32)
     model.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), on_device(model):
         for idx in length_batches(data.lengths, batch_size, rng=None):
-            logits = model(**collate(data, idx, tokenizer.pad_token_id)).logits
-            out[idx] = torch.softmax(logits.float(), dim=-1).numpy()
+            logits = model(**to_device(collate(data, idx, tokenizer.pad_token_id))).logits
+            out[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
     return out
 
 

@@ -277,18 +277,18 @@ def sentence_embedder(encoder: Any, tokenizer: Any, seq_len: int,
     """``texts -> (n, H)`` normalised mean-pooled embeddings, batched by length, no gradients."""
     import torch
 
-    from agora.train import collate, length_batches
+    from agora.train import collate, length_batches, on_device, to_device
     from bort.families import mean_pool
 
     def embed(texts: list[str]) -> np.ndarray:
         ids = tokenizer(texts, truncation=True, max_length=seq_len, padding=False)["input_ids"]
         data = _Ids(ids)
         out = np.zeros((len(texts), encoder.config.hidden_size), dtype=np.float32)
-        with torch.inference_mode():
+        with torch.inference_mode(), on_device(encoder):
             for idx in length_batches(np.array([len(x) for x in ids]), batch_size, rng=None):
-                batch = collate(data, idx, tokenizer.pad_token_id)
+                batch = to_device(collate(data, idx, tokenizer.pad_token_id))
                 hidden = encoder(**batch).last_hidden_state  # (batch, len, H)
-                out[idx] = mean_pool(hidden, batch["attention_mask"]).numpy()
+                out[idx] = mean_pool(hidden, batch["attention_mask"]).cpu().numpy()
         return out
 
     return embed

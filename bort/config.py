@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -232,6 +233,7 @@ class FinetuneConfig:
     grad_clip: float = 1.0
     freeze_word_embeddings: bool = True  # ~35% faster steps on CPU; little to learn there from a task
     num_threads: int = 0  # torch threads while fine-tuning; 0: torch's default (one per core)
+    device: str = "auto"  # auto (a CUDA GPU when torch sees one, else cpu) | cpu | cuda | cuda:N
     labeller_epochs: float = 2.0
     labeller_lr: float = 5e-5
     labeller_min_dev_accuracy: float = 2.0 / 3.0
@@ -263,6 +265,8 @@ class FinetuneConfig:
                 raise ConfigError(f"finetune.{key} must be {' or '.join(allowed)}, got {getattr(self, key)!r}")
         if self.num_threads < 0:
             raise ConfigError(f"finetune.num_threads must be >= 0 (0: torch's default), got {self.num_threads}")
+        if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", self.device):
+            raise ConfigError(f"finetune.device must be cpu, auto, cuda or cuda:N, got {self.device!r}")
         for key in ("seq_len", "batch_size", "eval_batch_size", "max_rounds", "points_per_mistake",
                     "candidates_per_mistake", "neighbours"):
             if getattr(self, key) < 1:

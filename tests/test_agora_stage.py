@@ -120,6 +120,46 @@ def test_theta_strings_are_validated_with_the_key_named():
         C.resolve([], ["finetune.similarity_band=[0.99, 0.5]"])
 
 
+def test_labeller_gate_compares_exactly_not_the_rounded_accuracy():
+    cfg = C.resolve([], [])  # threshold 2/3
+    exactly_two_thirds = stage.Trained(None, None, {"accuracy": round(166 / 249, 4), "mistakes": 83}, 0.0)
+    with pytest.raises(stage.LabellerTooWeakError, match="not above"):
+        stage.check_labeller(exactly_two_thirds, cfg, 249)
+    one_more_right = stage.Trained(None, None, {"accuracy": round(167 / 249, 4), "mistakes": 82}, 0.0)
+    stage.check_labeller(one_more_right, cfg, 249)
+
+
+def test_device_is_validated_resolved_and_recorded(finished, task_csv, tiny_source):
+    import torch
+
+    from agora import train as T
+
+    _, run_dir, manifest = finished
+    assert manifest.metrics["device"] == str(T.resolve_device("auto"))  # cpu on a machine without CUDA
+    with pytest.raises(ConfigError, match="finetune.device"):
+        C.resolve([], ["finetune.device=gpu"])
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="finetune.device='cuda:0'.*torch sees 0 CUDA"):
+            stage.run(tiny_stage_cfg(task_csv, tiny_source, "finetune.device=cuda:0"), run_dir)
+        assert T.resolve_device("auto") == torch.device("cpu")
+
+
+def test_on_device_moves_a_model_there_and_back(tiny_source):
+    import torch
+
+    from agora import train as T
+
+    model = T.new_classifier(tiny_source, ["a", "b"], seed=0)
+    target = "cuda" if torch.cuda.is_available() else "cpu"
+    T.set_device(target)
+    try:
+        with T.on_device(model):
+            assert next(model.parameters()).device.type == target
+        assert next(model.parameters()).device.type == "cpu"
+    finally:
+        T.set_device("cpu")
+
+
 @pytest.mark.slow
 @pytest.mark.integration
 def test_stage_on_the_embedded_default(tmp_path, minilm_dir):
