@@ -8,7 +8,9 @@ only**), fp32 and dynamic int8, at exactly 128 tokens:
 - ``raw``: ``session.run`` on fixed token ids, in this process (what `bort export` records);
 - ``predict``: the whole in-process path (tokenise, run, softmax, label map);
 - ``served``: one keep-alive HTTP client, closed loop, against `bort serve`'s service on
-  127.0.0.1 (same threads), one text that truncates to 128 tokens.
+  127.0.0.1 (same threads), one text that truncates to 128 tokens. The client is a bare socket by
+  default (``--client http.client`` for the standard library's): client and server share the two
+  cores here, and the client's own header parsing is not what the server adds.
 
 Rounds interleave raw and served measurements, so background load hits both alike. Variants of
 the service show where the overhead goes (batching forced on, ORT threads not spinning, and a
@@ -26,11 +28,14 @@ import http.client
 import json
 import logging
 import os
+import re
+import socket
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -57,6 +62,8 @@ VARIANTS = {  # name -> (serve overrides, extra environment)
     "default": ([], {}),
     "batching_always": (["serve.batching=always"], {}),
     "no_spin": (["serve.ort_spin=false"], {}),
+    "spin_stop": (["serve.ort_spin_stop=true"], {}),
+    "batching_never": (["serve.batching=never"], {}),
 }
 
 
@@ -109,14 +116,68 @@ def _timed(call, n: int) -> list[float]:
     return times
 
 
-def served_ms(conn: http.client.HTTPConnection, body: bytes, n: int) -> list[float]:
-    def call() -> None:
-        conn.request("POST", "/classify", body, {"Content-Type": "application/json"})
-        resp = conn.getresponse()
+class HttpClient:
+    """The standard library's keep-alive client (``http.client``): what a plain Python caller pays."""
+
+    def __init__(self, host: str, port: int, body: bytes) -> None:
+        self.conn, self.body = http.client.HTTPConnection(host, port, timeout=30), body
+
+    def call(self) -> bytes:
+        self.conn.request("POST", "/classify", self.body, {"Content-Type": "application/json"})
+        resp = self.conn.getresponse()
         data = resp.read()
         if resp.status != 200:
             raise RuntimeError(f"server answered {resp.status}: {data[:200]!r}")
-    return _timed(call, n)
+        return data
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class SocketClient:
+    """A keep-alive HTTP/1.1 client on a bare socket: one request built once, the answer read by its
+    Content-Length. It spends less of the shared CPU than ``http.client`` (which parses headers in
+    Python), so served - raw comes closer to what the server itself adds."""
+
+    def __init__(self, host: str, port: int, body: bytes) -> None:
+        self.sock = socket.create_connection((host, port), timeout=30)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        head = (f"POST /classify HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n")
+        self.request, self.pending = head.encode() + body, b""
+
+    def call(self) -> bytes:
+        self.sock.sendall(self.request)
+        data = self.pending
+        while b"\r\n\r\n" not in data:
+            data += self._recv()
+        head, _, rest = data.partition(b"\r\n\r\n")
+        length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+        if length is None:
+            raise RuntimeError(f"no Content-Length in the answer: {head[:200]!r}")
+        size = int(length.group(1))
+        while len(rest) < size:
+            rest += self._recv()
+        self.pending = rest[size:]
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(f"server answered {head[:40]!r}: {rest[:200]!r}")
+        return rest[:size]
+
+    def _recv(self) -> bytes:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise RuntimeError("the server closed the connection")
+        return chunk
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+CLIENTS = {"socket": SocketClient, "http.client": HttpClient}
+
+
+def served_ms(client: Any, n: int) -> list[float]:
+    return _timed(client.call, n)
 
 
 def rss_mb(pids: set[int]) -> float:
@@ -131,17 +192,17 @@ def rss_mb(pids: set[int]) -> float:
     return round(total / 1024, 1)
 
 
-def load_phase(server: ServerProcess, body: bytes, users: int, seconds: float) -> dict:
+def load_phase(server: ServerProcess, body: bytes, users: int, seconds: float, client_cls: Any) -> dict:
     """`users` closed-loop clients for `seconds`; peak RSS sampled every 50 ms."""
     stop, counts, peak = time.monotonic() + seconds, [0] * users, [0.0]
     pids = server.pids()
 
     def client(i: int) -> None:
-        conn = http.client.HTTPConnection(server.host, server.port, timeout=30)
+        client = client_cls(server.host, server.port, body)
         while time.monotonic() < stop:
-            served_ms(conn, body, 1)
+            client.call()
             counts[i] += 1
-        conn.close()
+        client.close()
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(users)]
     for t in threads:
@@ -152,7 +213,8 @@ def load_phase(server: ServerProcess, body: bytes, users: int, seconds: float) -
     return {"users": users, "requests_per_s": round(sum(counts) / seconds, 1), "peak_rss_mb": peak[0]}
 
 
-def measure_model(name: str, folder: Path, variants: list[str], rounds: int, n: int) -> list[dict]:
+def measure_model(name: str, folder: Path, variants: list[str], rounds: int, n: int,
+                  client_cls: Any = SocketClient) -> list[dict]:
     """Interleaved raw / predict / served rounds for each precision and service variant."""
     rows = []
     body = json.dumps({"texts": [TEXT]}).encode()
@@ -163,7 +225,8 @@ def measure_model(name: str, folder: Path, variants: list[str], rounds: int, n: 
             cfg = config.resolve([], ["serve.port=0", f"serve.num_threads={THREADS}",
                                       f"serve.max_seq_len={SEQ_LEN}", *overrides])
             # The in-process baseline uses the same onnxruntime settings as the server.
-            predictor = Predictor(path, num_threads=THREADS, max_seq_len=SEQ_LEN, spin=cfg.serve.ort_spin)
+            predictor = Predictor(path, num_threads=THREADS, max_seq_len=SEQ_LEN, spin=cfg.serve.ort_spin,
+                                  spin_stop=cfg.serve.ort_spin_stop)
             feeds = predictor.tokenize([TEXT]).feeds
             assert feeds["input_ids"].shape == (1, SEQ_LEN), feeds["input_ids"].shape
             log_path = Path(tempfile.gettempdir()) / f"bort-bench-{name}-{precision}-{variant}.log"
@@ -174,16 +237,16 @@ def measure_model(name: str, folder: Path, variants: list[str], rounds: int, n: 
                     raw_round = raw_ms(predictor, feeds, n)
                     pred += _timed(lambda p=predictor: p.predict(texts=[TEXT]), n // 2)
                     # A fresh keep-alive connection per round: the server closes idle ones after 5 s.
-                    conn = http.client.HTTPConnection(server.host, server.port, timeout=30)
-                    served_ms(conn, body, 10)
-                    served_round = served_ms(conn, body, n)
-                    conn.close()
+                    client = client_cls(server.host, server.port, body)
+                    served_ms(client, 5)
+                    served_round = served_ms(client, n)
+                    client.close()
                     raw += raw_round
                     served += served_round
                     # Paired per round: the machine's speed drifts between rounds, much less within one.
                     paired.append(float(np.percentile(served_round, 50) - np.percentile(raw_round, 50)))
                 idle = rss_mb(server.pids())
-                load = load_phase(server, body, users=8, seconds=4.0)
+                load = load_phase(server, body, users=8, seconds=4.0, client_cls=client_cls)
             rows.append(summarise(name, precision, variant, raw, pred, served, idle, load, server.ready_s, paired))
             log.info("%s", rows[-1])
     return rows
@@ -208,7 +271,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
     lines = [
         "# Served vs raw onnxruntime latency (batch 1, 128 tokens)", "",
         f"CPU: {meta['cpu']['model']} ({meta['cpu']['usable_cores']} usable cores), threads {THREADS}, "
-        f"one keep-alive HTTP client on 127.0.0.1; {meta['rounds']} interleaved rounds x {meta['n']} requests. "
+        f"one keep-alive HTTP client ({meta.get('client', 'http.client')}) on 127.0.0.1; {meta['rounds']} interleaved "
+        f"rounds x {meta['n']} requests. "
         "Bort shape: random weights, **speed only**. Other processes share this machine: read the ratios.", "",
         "| model | precision | service | raw p50 | in-process predict p50 | served p50 (p90) | "
         "added by server, paired (range over rounds) | served/raw | RSS idle / peak (8 users) | req/s (8 users) |",
@@ -256,6 +320,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--requests", type=int, default=None, help="requests per round")
     parser.add_argument("--work", default=str(ROOT / ".cache" / "bench-serve"), help="exported models cache")
+    parser.add_argument("--tag", default="", help="write serve_overhead-TAG.{json,md} (keeps other runs' results)")
+    parser.add_argument("--client", choices=sorted(CLIENTS), default="socket",
+                        help="HTTP client: a bare keep-alive socket (default) or the standard library's http.client")
+    parser.add_argument("--no-framework", action="store_true", help="skip the in-process web-stack comparison")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
@@ -264,15 +332,18 @@ def main(argv: list[str] | None = None) -> int:
     VARIANTS["h11_asyncio"] = ([], {"PYTHONPATH": os.pathsep.join([str(without_fast_io(Path(args.work))), str(ROOT)])})
     variants = (args.variants or ("default" if args.quick else ",".join(VARIANTS))).split(",")
     models = build_models(Path(args.work), args.models.split(","))
-    framework = framework_overhead(next(iter(models.values())) / "int8", n=4 * n, rounds=2)
+    framework = {} if args.no_framework else framework_overhead(next(iter(models.values())) / "int8", n=4 * n,
+                                                                rounds=2)
     log.info("framework overhead: %s", framework)
-    rows = [row for name, folder in models.items() for row in measure_model(name, folder, variants, rounds, n)]
+    rows = [row for name, folder in models.items()
+            for row in measure_model(name, folder, variants, rounds, n, CLIENTS[args.client])]
     meta = {"cpu": cpu_info(), "versions": library_versions(), "seq_len": SEQ_LEN, "threads": THREADS,
-            "rounds": rounds, "n": n, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "rounds": rounds, "n": n, "client": args.client, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "load_average": os.getloadavg(), "framework": framework}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(RESULTS / "serve_overhead.json", {"meta": meta, "rows": rows})
-    atomic_write_text(RESULTS / "serve_overhead.md", markdown(rows, meta))
+    stem = f"serve_overhead-{args.tag}" if args.tag else "serve_overhead"
+    atomic_write_json(RESULTS / f"{stem}.json", {"meta": meta, "rows": rows})
+    atomic_write_text(RESULTS / f"{stem}.md", markdown(rows, meta))
     print(markdown(rows, meta))
     return 0
 

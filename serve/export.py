@@ -111,9 +111,9 @@ def export_role(role: str, source: str, model_dir: Path, out_root: Path, task: A
     m.update(X.check_parity(model_dir, fp32, [e.text for e in probe], pairs, ec.seq_len, ec.parity_atol))
     evaluate = {"num_threads": ec.num_threads, "seq_len": ec.seq_len, "batch_size": ec.eval_batch_size,
                 "task_labels": list(task.labels)}
-    m["fp32_dev_accuracy"] = X.dev_accuracy(fp32, task.dev, task.is_pair, desc=f"{role} fp32 dev", **evaluate)
+    m["fp32_dev_accuracy"] = X.split_accuracy(fp32, task.dev, task.is_pair, desc=f"{role} fp32 dev", **evaluate)
     # Reported only, never used to decide: what users get from the served file on the untouched split.
-    m["test_accuracy"] = {"fp32": X.dev_accuracy(fp32, task.test, task.is_pair, desc=f"{role} fp32 test",
+    m["test_accuracy"] = {"fp32": X.split_accuracy(fp32, task.test, task.is_pair, desc=f"{role} fp32 test",
                                                  **evaluate)}
     m["latency_ms"] = {"fp32": X.measure_latency(fp32, **timing)}
     m["size_mb"] = {"fp32": X.onnx_size_mb(fp32)}
@@ -123,9 +123,9 @@ def export_role(role: str, source: str, model_dir: Path, out_root: Path, task: A
         int8 = tmp / "int8"
         X.quantize_int8(fp32, int8, target, ec.optimize_graph)
         X.write_serving(int8, precision="int8", name=f"{role}:{source}:int8", **sidecar)
-        m["int8_dev_accuracy"] = X.dev_accuracy(int8, task.dev, task.is_pair, desc=f"{role} int8 dev", **evaluate)
+        m["int8_dev_accuracy"] = X.split_accuracy(int8, task.dev, task.is_pair, desc=f"{role} int8 dev", **evaluate)
         m["int8_drop_points"] = round((m["fp32_dev_accuracy"] - m["int8_dev_accuracy"]) * 100.0, 3)
-        m["test_accuracy"]["int8"] = X.dev_accuracy(int8, task.test, task.is_pair, desc=f"{role} int8 test",
+        m["test_accuracy"]["int8"] = X.split_accuracy(int8, task.test, task.is_pair, desc=f"{role} int8 test",
                                                     **evaluate)
         m["latency_ms"]["int8"] = X.measure_latency(int8, **timing)
         m["size_mb"]["int8"] = X.onnx_size_mb(int8)

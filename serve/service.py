@@ -51,7 +51,8 @@ class Classifier:
         settings = ServiceSettings.from_json(os.environ.get("BORT_SERVE_CONFIG"))
         folder = os.environ.get("BORT_SERVE_MODEL_DIR") or self._stored_model_path()
         self.predictor = Predictor(folder, num_threads=settings.num_threads,
-                                   max_seq_len=settings.max_seq_len, spin=settings.ort_spin)
+                                   max_seq_len=settings.max_seq_len, spin=settings.ort_spin,
+                                   spin_stop=settings.ort_spin_stop)
         self.predictor.warm_up()
         http_app.state.engine = Engine(self.predictor, settings)
         log.info("serving %s from %s (%d threads, max %d tokens, batching %s, api key %s)",

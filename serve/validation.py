@@ -41,6 +41,7 @@ class ServiceSettings:
     max_batch_texts: int = 64
     api_key_env: str = "BORT_API_KEY"
     ort_spin: bool = True
+    ort_spin_stop: bool = False
 
     @classmethod
     def from_json(cls, text: str | None) -> ServiceSettings:

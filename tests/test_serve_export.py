@@ -113,11 +113,11 @@ def test_missing_finetune_names_the_command(tmp_path):
 def test_dev_accuracy_maps_labels_by_name_not_by_position(tiny_export_run):
     folder = tiny_export_run / "export" / "optimized" / "fp32"
     task = fake_task()
-    same = X.dev_accuracy(folder, task.dev, False, ["fresh", "rotten"], num_threads=1, seq_len=32,
+    same = X.split_accuracy(folder, task.dev, False, ["fresh", "rotten"], num_threads=1, seq_len=32,
                           batch_size=8, desc="t")
     # The same examples with the task's label order reversed: every gold id flips, names do not.
     flipped = [type(e)(text=e.text, text_pair=None, label=1 - e.label) for e in task.dev]
-    reordered = X.dev_accuracy(folder, flipped, False, ["rotten", "fresh"], num_threads=1, seq_len=32,
+    reordered = X.split_accuracy(folder, flipped, False, ["rotten", "fresh"], num_threads=1, seq_len=32,
                                batch_size=8, desc="t")
     assert reordered == pytest.approx(same)
 

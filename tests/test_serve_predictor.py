@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT
 
 from bort.config import ServeConfig
-from serve.predictor import ModelFolderError, Predictor, softmax
+from serve.predictor import ModelFolderError, Predictor, session_options, softmax
 from serve.validation import RequestError, ServiceSettings, check_api_key, check_content_type, parse_body
 
 
@@ -27,6 +27,19 @@ def test_serving_modules_import_neither_torch_nor_bentoml():
             "print(bad); sys.exit(1 if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_session_options_carry_the_spin_settings(tiny_export_run):
+    opts = session_options(2, spin=True, spin_stop=True)
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert opts.get_session_config_entry("session.force_spinning_stop") == "1"
+    assert session_options(2, spin=False).get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    with pytest.raises(Exception, match="force_spinning_stop"):  # not set unless asked for
+        session_options(2).get_session_config_entry("session.force_spinning_stop")
+    folder = tiny_export_run / "export" / "optimized" / "fp32"
+    stopping = Predictor(folder, num_threads=2, max_seq_len=16, spin_stop=True)
+    plain = Predictor(folder, num_threads=2, max_seq_len=16)
+    assert stopping.predict(texts=["a fine film"]) == plain.predict(texts=["a fine film"])
 
 
 def test_predict_returns_label_score_and_all_class_scores(predictor):
