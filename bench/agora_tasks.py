@@ -10,6 +10,8 @@ The student (``--student``):
 - ``extract`` (default): MiniLM-L6's layers 0, 2 and 5 kept as they are, the 3-layer student the
   issue's reference figures were measured with (plain 0.828 vs labeller 0.842 on Rotten Tomatoes);
   it isolates what Agora adds;
+- ``extract-mpnet``: all-mpnet-base-v2's layers 0, 4, 8 and 11 (53 M parameters), for tasks whose
+  labeller is MPNet (``--set source.model=mpnet``), e.g. RTE;
 - ``pretrain``: run ``bort pretrain`` (3/12/384/1536, the configured budget) in each run folder first.
 
 The full benchmark is hours of 2-core CPU time::
@@ -34,6 +36,9 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 GLUE = ROOT.parent / "shared" / "glue"
 STUDENT_LAYERS = (0, 2, 5)
+# --student choice -> (embedded source, layers kept, folder under bench/results)
+STUDENTS = {"extract": ("minilm", STUDENT_LAYERS, "agora_student_L3"),
+            "extract-mpnet": ("mpnet", (0, 4, 8, 11), "agora_student_mpnet_L4")}
 
 # task -> (bort task name, task-specific settings, published reference points)
 TASKS: dict[str, tuple[str, list[str], str]] = {
@@ -57,8 +62,8 @@ GOALS = "agora closes >= half the plain->labeller gap; never below plain by more
         "RTE: agora >= plain + 2 points"
 
 
-def make_student(folder: Path) -> Path:
-    """MiniLM-L6 with layers 0, 2, 5 kept (a bare encoder in Hugging Face layout), made once."""
+def make_student(folder: Path, source_name: str = "minilm", layers: tuple[int, ...] = STUDENT_LAYERS) -> Path:
+    """An embedded encoder with only `layers` kept (a bare encoder in Hugging Face layout), made once."""
     import torch
 
     from bort import assets
@@ -66,10 +71,10 @@ def make_student(folder: Path) -> Path:
 
     if (folder / "model.safetensors").is_file():
         return folder
-    source = assets.model_dir("minilm")
+    source = assets.model_dir(source_name)
     model = F.load_encoder(source)
-    model.encoder.layer = torch.nn.ModuleList(model.encoder.layer[i] for i in STUDENT_LAYERS)
-    model.config.num_hidden_layers = len(STUDENT_LAYERS)
+    model.encoder.layer = torch.nn.ModuleList(model.encoder.layer[i] for i in layers)
+    model.config.num_hidden_layers = len(layers)
     model.save_pretrained(folder, safe_serialization=True)
     F.load_tokenizer(source).save_pretrained(folder)
     return folder
@@ -91,7 +96,8 @@ def run_one(task: str, seed: int, args: argparse.Namespace, student: Path | None
     else:
         overrides += ["pretrain.layers=3", "pretrain.heads=12", "pretrain.hidden=384", "pretrain.intermediate=1536"]
     cfg = C.resolve([args.profile], overrides)
-    run_dir = RESULTS / "agora_runs" / f"{args.profile}-{task}-seed{seed}"
+    suffix = "" if args.student == "extract" else f"-{args.student}"
+    run_dir = RESULTS / "agora_runs" / f"{args.profile}-{task}-seed{seed}{suffix}"
     started = time.time()
     try:
         if student is None:
@@ -186,7 +192,7 @@ def main() -> None:
     parser.add_argument("--tasks", default="rotten_tomatoes,bbc_news,sst2,rte")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--profile", default="default", help="config profile: default (full data) or quick")
-    parser.add_argument("--student", choices=["extract", "pretrain"], default="extract")
+    parser.add_argument("--student", choices=[*STUDENTS, "pretrain"], default="extract")
     parser.add_argument("--num-threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--set", action="append", default=[], help="extra config override (repeatable)")
     parser.add_argument("--no-ablation", action="store_true",
@@ -219,7 +225,10 @@ def main() -> None:
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         parser.error(f"unknown task(s) {unknown}; choose from {', '.join(TASKS)}")
-    student = make_student(RESULTS / "agora_student_L3") if args.student == "extract" else None
+    student = None
+    if args.student in STUDENTS:
+        source_name, layers, folder = STUDENTS[args.student]
+        student = make_student(RESULTS / folder, source_name, layers)
     runs: list[dict[str, Any]] = []
     for task in tasks:
         for seed in (int(s) for s in args.seeds.split(",")):
