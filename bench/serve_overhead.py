@@ -197,14 +197,14 @@ def load_phase(server: ServerProcess, body: bytes, users: int, seconds: float, c
     stop, counts, peak = time.monotonic() + seconds, [0] * users, [0.0]
     pids = server.pids()
 
-    def client(i: int) -> None:
+    def user(i: int) -> None:
         client = client_cls(server.host, server.port, body)
         while time.monotonic() < stop:
             client.call()
             counts[i] += 1
         client.close()
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(users)]
+    threads = [threading.Thread(target=user, args=(i,)) for i in range(users)]
     for t in threads:
         t.start()
     while any(t.is_alive() for t in threads):
@@ -252,9 +252,8 @@ def measure_model(name: str, folder: Path, variants: list[str], rounds: int, n: 
     return rows
 
 
-def summarise(name, precision, variant, raw, pred, served, idle, load, ready_s, paired=()) -> dict:
+def summarise(name, precision, variant, raw, pred, served, idle, load, ready_s, paired) -> dict:
     p = {k: float(np.percentile(v, 50)) for k, v in (("raw", raw), ("predict", pred), ("served", served))}
-    paired = list(paired) or [p["served"] - p["raw"]]
     return {
         "overhead_paired_ms": round(float(np.median(paired)), 3),
         "overhead_paired_range_ms": [round(min(paired), 3), round(max(paired), 3)],
@@ -271,7 +270,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
     lines = [
         "# Served vs raw onnxruntime latency (batch 1, 128 tokens)", "",
         f"CPU: {meta['cpu']['model']} ({meta['cpu']['usable_cores']} usable cores), threads {THREADS}, "
-        f"one keep-alive HTTP client ({meta.get('client', 'http.client')}) on 127.0.0.1; {meta['rounds']} interleaved "
+        f"one keep-alive HTTP client ({meta['client']}) on 127.0.0.1; {meta['rounds']} interleaved "
         f"rounds x {meta['n']} requests. "
         "Bort shape: random weights, **speed only**. Other processes share this machine: read the ratios.", "",
         "| model | precision | service | raw p50 | in-process predict p50 | served p50 (p90) | "
@@ -279,8 +278,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        added = r.get("overhead_paired_ms", r["overhead_ms"])
-        low, high = r.get("overhead_paired_range_ms", [added, added])
+        added = r["overhead_paired_ms"]
+        low, high = r["overhead_paired_range_ms"]
         goal = " ✓" if added <= 1.5 else " ✗"
         lines.append(
             f"| {r['model']} | {r['precision']} | {r['variant']} | {r['raw_p50_ms']:.2f} | {r['predict_p50_ms']:.2f} | "
