@@ -349,6 +349,7 @@ class ServeConfig:
     trace_requests: bool = False  # OpenTelemetry spans for /classify: ~0.3 ms each; for a tracing exporter
     ort_spin: bool = True  # onnxruntime threads busy-wait between calls (lower latency, more CPU)
     ort_spin_stop: bool = False  # ...but stop busy-waiting when a call returns (frees the CPU for HTTP)
+    server_timing: bool = True  # a Server-Timing header on /classify: tokenize, model and app milliseconds
     startup_timeout_s: float = 120.0
 
     def __post_init__(self) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
@@ -56,16 +57,18 @@ class Engine:
         precision = predictor.serving.get("precision", "fp32")
         self.batching = settings.batching == "always" or (settings.batching == "auto" and precision == "fp32")
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bort-infer")
-        self._pending: deque[tuple[list[Any], asyncio.Future]] = deque()
+        self._pending: deque[tuple[list[Any], asyncio.Future, dict[str, float] | None]] = deque()
         self._drainer: asyncio.Task | None = None  # referenced: the loop holds tasks only weakly
 
-    async def classify(self, items: list[Any]) -> list[dict[str, Any]]:
-        """Results for ``items`` (texts, or pairs for pair models), in order."""
+    async def classify(self, items: list[Any], timings: dict[str, float] | None = None) -> list[dict[str, Any]]:
+        """Results for ``items`` (texts, or pairs for pair models), in order. ``timings``, when
+        given, receives the tokenise and model milliseconds of the model call that served them
+        (shared with the requests merged into it)."""
         loop = asyncio.get_running_loop()
         if not self.batching:
-            return await loop.run_in_executor(self._executor, self._predict, items)
+            return await loop.run_in_executor(self._executor, self._predict, items, timings)
         future = loop.create_future()
-        self._pending.append((items, future))
+        self._pending.append((items, future, timings))
         if self._drainer is None or self._drainer.done():
             self._drainer = loop.create_task(self._drain())
         return await future
@@ -80,24 +83,27 @@ class Engine:
             while self._pending and (not group or size + len(self._pending[0][0]) <= limit):
                 group.append(self._pending.popleft())
                 size += len(group[-1][0])
-            merged = [item for items, _ in group for item in items]
+            merged = [item for items, _, _ in group for item in items]
+            shared: dict[str, float] = {}
             try:
-                results = await loop.run_in_executor(self._executor, self._predict, merged)
+                results = await loop.run_in_executor(self._executor, self._predict, merged, shared)
             except Exception as e:  # noqa: BLE001 - every waiting request must get an answer
-                for _, future in group:
+                for _, future, _ in group:
                     if not future.done():
                         future.set_exception(e)
                 continue
             start = 0
-            for items, future in group:
+            for items, future, timings in group:
+                if timings is not None:
+                    timings.update(shared)
                 if not future.done():
                     future.set_result(results[start:start + len(items)])
                 start += len(items)
 
-    def _predict(self, items: list[Any]) -> list[dict[str, Any]]:
+    def _predict(self, items: list[Any], timings: dict[str, float] | None = None) -> list[dict[str, Any]]:
         if self.predictor.is_pair:
-            return self.predictor.predict(pairs=items)
-        return self.predictor.predict(texts=items)
+            return self.predictor.predict(pairs=items, timings=timings)
+        return self.predictor.predict(texts=items, timings=timings)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -120,6 +126,7 @@ def error(status: int, message: str) -> JSONResponse:
 
 async def classify(request: Request) -> JSONResponse:
     """``POST /classify``: ``{"texts": [...]}`` (or ``{"pairs": [[a, b], ...]}``) -> results."""
+    started = time.perf_counter()
     engine: Engine | None = getattr(request.app.state, "engine", None)
     if engine is None:
         return error(503, "the model is not loaded yet; retry when /readyz answers 200")
@@ -132,13 +139,24 @@ async def classify(request: Request) -> JSONResponse:
         items = parse_body(body, settings, engine.predictor.is_pair)
     except RequestError as e:
         return error(e.status, e.message)
+    timings: dict[str, float] | None = {} if settings.server_timing else None
     try:
-        results = await engine.classify(items)
+        results = await engine.classify(items, timings)
     except Exception:  # noqa: BLE001 - answer JSON, keep the traceback in the server log
         log.exception("classification failed")
         return error(500, "internal error while classifying; see the server log")
+    headers = None
+    if timings is not None:
+        timings["app"] = (time.perf_counter() - started) * 1000.0
+        headers = {"Server-Timing": server_timing(timings)}
     return JSONResponse({"results": results, "model": engine.predictor.name,
-                         "truncated_to_tokens": engine.predictor.max_seq_len})
+                         "truncated_to_tokens": engine.predictor.max_seq_len}, headers=headers)
+
+
+def server_timing(timings: dict[str, float]) -> str:
+    """A ``Server-Timing`` header (W3C): ``tokenize`` and ``model`` for the model call that
+    answered, ``app`` from the route's first line to its answer (validation and queueing too)."""
+    return ", ".join(f"{name};dur={ms:.3f}" for name, ms in timings.items())
 
 
 class JSONErrors:

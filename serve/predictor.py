@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,11 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 SERVING_FILE = "serving.json"
+# A text longer than this many characters per allowed token is cut at a space before tokenising.
+CUT_CHARS_PER_TOKEN = 6
+# Printable ASCII plus tab, newline and carriage return: a BERT normaliser only lowercases it.
+_ASCII_PLAIN = re.compile(r"[\t\n\r\x20-\x7e]*")
+WHITESPACE_PRE_TOKENIZERS = ("BertPreTokenizer", "Whitespace", "WhitespaceSplit")
 REQUIRED_FILES = ("model.onnx", "tokenizer.json", SERVING_FILE)
 
 
@@ -46,6 +53,36 @@ def read_serving(folder: str | Path) -> dict[str, Any]:
             "run `bort export` and point at run_dir/export/<role>/<precision>"
         )
     return json.loads((folder / SERVING_FILE).read_text(encoding="utf-8"))
+
+
+def ascii_normalizer(spec: dict | None) -> Any:
+    """The normaliser that does to plain ASCII text what ``spec`` (a ``tokenizer.json``
+    normaliser) does, when it is cheaper; else None. A ``BertNormalizer`` only lowercases such
+    text (or leaves it alone): its cleaning, accent stripping and CJK spacing touch nothing
+    printable-ASCII, and tab, newline and carriage return split words either way."""
+    from tokenizers import normalizers
+
+    if not spec or spec.get("type") != "BertNormalizer":
+        return None
+    return normalizers.Lowercase() if spec.get("lowercase", True) else normalizers.Sequence([])
+
+
+def splits_on_whitespace(spec: dict) -> bool:
+    """Whether the tokenizer's words never cross whitespace, so a text cut at a space
+    tokenises, up to the cut, as the whole text does: a whitespace-splitting pre-tokeniser,
+    a per-character normaliser, right-hand truncation."""
+    pre = (spec.get("pre_tokenizer") or {}).get("type")
+    norm = (spec.get("normalizer") or {}).get("type")
+    return pre in WHITESPACE_PRE_TOKENIZERS and norm in (None, "BertNormalizer", "Lowercase")
+
+
+def cut_at_space(text: str, limit: int) -> str:
+    """``text`` up to the last space at or before ``limit`` characters (whole when shorter, or
+    when no space is there to cut at)."""
+    if len(text) <= limit:
+        return text
+    at = text.rfind(" ", 0, limit + 1)
+    return text[:at] if at > 0 else text
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -90,7 +127,6 @@ class Predictor:
     def __init__(self, folder: str | Path, num_threads: int = 2, max_seq_len: int = 128,
                  spin: bool = True, spin_stop: bool = False) -> None:
         import onnxruntime as ort
-        from tokenizers import Tokenizer
 
         self.folder = Path(folder)
         self.serving = read_serving(self.folder)
@@ -98,12 +134,15 @@ class Predictor:
         self.is_pair: bool = bool(self.serving.get("is_pair", False))
         self.name: str = str(self.serving.get("name", self.folder.name))
         self.max_seq_len = min(int(max_seq_len), int(self.serving["max_seq_len"]))
-        self.tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
-        self.tokenizer.enable_truncation(max_length=self.max_seq_len)
+        spec = json.loads((self.folder / "tokenizer.json").read_text(encoding="utf-8"))
+        self.tokenizer = self._load_tokenizer()
         pad = self.serving.get("pad_token", "[PAD]")
         pad_id = self.tokenizer.token_to_id(pad)
-        # Pad to the longest text of the batch, never to a fixed length a saved tokenizer may carry.
-        self.tokenizer.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token=pad)
+        self.pad_id = 0 if pad_id is None else pad_id
+        # Fast paths that give the same token ids (a test fuzzes both against the plain tokenizer):
+        fast = ascii_normalizer(spec.get("normalizer"))
+        self._ascii_tokenizer = None if fast is None else self._load_tokenizer(fast)
+        self._cut_chars = CUT_CHARS_PER_TOKEN * self.max_seq_len if splits_on_whitespace(spec) else None
         self.session = ort.InferenceSession(
             str(self.folder / "model.onnx"), sess_options=session_options(num_threads, spin, spin_stop),
             providers=["CPUExecutionProvider"],
@@ -111,19 +150,58 @@ class Predictor:
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.num_threads = num_threads
 
+    def _load_tokenizer(self, normalizer: Any = None) -> Any:
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
+        if normalizer is not None:
+            tokenizer.normalizer = normalizer
+        tokenizer.enable_truncation(max_length=self.max_seq_len)
+        tokenizer.no_padding()  # padded here, to the longest row of the batch
+        return tokenizer
+
     def tokenize(self, texts: list[str], pairs: list[tuple[str, str]] | None = None) -> Batch:
-        """Token ids, attention mask and (when the graph wants them) type ids, (batch, seq) int64."""
+        """Token ids, attention mask and (when the graph wants them) type ids, (batch, seq) int64,
+        padded to the batch's longest row."""
         if pairs is not None:
-            encodings = self.tokenizer.encode_batch([tuple(p) for p in pairs])
+            encodings = self.tokenizer.encode_batch_fast([tuple(p) for p in pairs])
         else:
-            encodings = self.tokenizer.encode_batch(texts)
-        arrays = {
-            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
-        }
+            encodings = self._encode_texts(texts)
+        rows, width = len(encodings), max((len(e.ids) for e in encodings), default=0)
+        ids = np.full((rows, width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((rows, width), dtype=np.int64)
+        types = np.zeros((rows, width), dtype=np.int64)
+        for row, e in enumerate(encodings):
+            n = len(e.ids)
+            ids[row, :n], mask[row, :n], types[row, :n] = e.ids, e.attention_mask, e.type_ids
+        arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         feeds = {name: arrays[name] for name in self.input_names}
         return Batch(feeds=feeds, truncated=[len(e.overflowing) > 0 for e in encodings])
+
+    def _encode_texts(self, texts: list[str]) -> list[Any]:
+        """Encodings of single texts, through the fast paths where they give the same ids:
+
+        - plain printable ASCII skips the Unicode half of a BERT normaliser (cleaning, accents,
+          CJK spacing), which does nothing to such text;
+        - a text far longer than the token limit is cut at a space first, when the pre-tokeniser
+          splits on whitespace: words before the cut tokenise the same either way, and the
+          shortened text is kept only if it still overflows the limit (else the whole text is
+          encoded), so the ids and the truncation flag match the full text's.
+        """
+        encodings: list[Any] = [None] * len(texts)
+        groups: dict[int, tuple[Any, list[int], list[str]]] = {}
+        for i, text in enumerate(texts):
+            ascii_ok = self._ascii_tokenizer is not None and _ASCII_PLAIN.fullmatch(text) is not None
+            tokenizer = self._ascii_tokenizer if ascii_ok else self.tokenizer
+            _, index, chunk = groups.setdefault(id(tokenizer), (tokenizer, [], []))
+            index.append(i)
+            chunk.append(cut_at_space(text, self._cut_chars) if self._cut_chars else text)
+        for tokenizer, index, chunk in groups.values():
+            for i, text, e in zip(index, chunk, tokenizer.encode_batch_fast(chunk), strict=True):
+                if len(text) < len(texts[i]) and not e.overflowing:  # the cut went too far
+                    e = tokenizer.encode_batch_fast([texts[i]])[0]
+                encodings[i] = e
+        return encodings
 
     def warm_up(self) -> None:
         """One call, so the first request does not pay onnxruntime's lazy initialisation."""
@@ -136,16 +214,24 @@ class Predictor:
         """Raw (batch, classes) float32 logits for already tokenised inputs."""
         return self.session.run(None, feeds)[0]
 
-    def predict(self, texts: list[str] | None = None,
-                pairs: list[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
+    def predict(self, texts: list[str] | None = None, pairs: list[tuple[str, str]] | None = None,
+                timings: dict[str, float] | None = None) -> list[dict[str, Any]]:
         """Per input: ``{"label", "score", "scores": {label: p}, "truncated"}``.
 
-        Give ``texts`` for single-text models and ``pairs`` for pair models.
+        Give ``texts`` for single-text models and ``pairs`` for pair models. ``timings``, when
+        given, receives the milliseconds spent tokenising (``tokenize``) and in onnxruntime
+        (``model``).
         """
         if not texts and not pairs:
             return []
+        start = time.perf_counter()
         batch = self.tokenize(texts or [], pairs)
-        probs = softmax(self.logits(batch.feeds).astype(np.float64))  # (batch, classes)
+        tokenized = time.perf_counter()
+        logits = self.logits(batch.feeds)
+        if timings is not None:
+            timings["tokenize"] = (tokenized - start) * 1000.0
+            timings["model"] = (time.perf_counter() - tokenized) * 1000.0
+        probs = softmax(logits.astype(np.float64))  # (batch, classes)
         best = probs.argmax(axis=-1)
         out = []
         for row, idx, truncated in zip(probs, best, batch.truncated, strict=True):

@@ -42,6 +42,7 @@ class ServiceSettings:
     api_key_env: str = "BORT_API_KEY"
     ort_spin: bool = True
     ort_spin_stop: bool = False
+    server_timing: bool = True
 
     @classmethod
     def from_json(cls, text: str | None) -> ServiceSettings:

@@ -96,6 +96,22 @@ def test_good_request_answers_the_same_labels_as_the_predictor(server, folder):
     assert data["truncated_to_tokens"] == 32
 
 
+def test_answer_carries_server_timing(server):
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
+    try:
+        conn.request("POST", "/classify", json.dumps({"texts": TEXTS}),
+                     {"Content-Type": "application/json", "X-API-Key": API_KEY})
+        resp = conn.getresponse()
+        resp.read()
+        header = resp.getheader("Server-Timing") or ""
+    finally:
+        conn.close()
+    parts = dict(item.strip().split(";dur=") for item in header.split(","))
+    assert set(parts) == {"tokenize", "model", "app"}, header
+    ms = {k: float(v) for k, v in parts.items()}
+    assert 0 < ms["tokenize"] and 0 < ms["model"] and ms["tokenize"] + ms["model"] <= ms["app"], header
+
+
 BAD_REQUESTS = {
     "empty list": ({"body": b'{"texts": []}'}, 422),
     "a non-string": ({"body": b'{"texts": [42]}'}, 422),

@@ -74,6 +74,60 @@ def test_batched_and_single_predictions_agree(predictor):
         assert a["scores"] == pytest.approx(b["scores"], abs=1e-5)
 
 
+def _reference_rows(folder, texts, max_len):
+    """Ids and truncation flags from the saved tokenizer itself: full normaliser, no cut."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tokenizer.enable_truncation(max_length=max_len)
+    tokenizer.no_padding()
+    return [(e.ids, bool(e.overflowing)) for e in (tokenizer.encode(t) for t in texts)]
+
+
+def _rows(batch):
+    ids, mask = batch.feeds["input_ids"], batch.feeds["attention_mask"]
+    return [(row[m == 1].tolist(), t) for row, m, t in zip(ids, mask, batch.truncated, strict=True)]
+
+
+@pytest.mark.parametrize("max_len", [16, 128])
+def test_fast_tokenisation_paths_give_the_saved_tokenizers_ids(tiny_export_run, max_len):
+    """ASCII skips the Unicode normaliser, long texts are cut at a space first: neither may
+    change a single id or truncation flag, on ASCII, Unicode, control characters and long texts."""
+    import random
+
+    folder = tiny_export_run / "export" / "optimized" / "fp32"
+    fast = Predictor(folder, num_threads=1, max_seq_len=max_len)
+    assert fast._ascii_tokenizer is not None and fast._cut_chars == 6 * max_len  # both paths on
+    rng = random.Random(0)
+    alphabet = (list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") * 4
+                + list(" " * 40 + ".,;:!?'\"()-_/&%$#@[]{}<>|~`^*+=\t\n\r")
+                + ["\x0b", "\x0c", "\x01", "\x7f", "\x00", "é", "\u0301", "中", "文", "\u00a0", "\u200b",
+                   "İ", "ß", "😀", "\ue000", "Ω", "\u3000", "\ufffd"])
+    words = ["film", "the", "unbelievably", "Internationalization", "don't", "café", "e-mail", "[CLS]", "[SEP]",
+             "[MASK]", "x" * 101, "\ue000" * 30]
+    texts = []
+    for _ in range(300):
+        n = rng.choice([3, 20, 200, 1200])
+        if rng.random() < 0.5:
+            texts.append("".join(rng.choice(alphabet) for _ in range(n)))
+        else:
+            texts.append(" ".join(rng.choice(words) for _ in range(n // 6 + 1)))
+    texts += ["plain ascii " * 200, "Plain\tASCII\nwith\rbreaks " * 100, "x" * 101, " " * 50 + "word " * 300,
+              " ".join(["\ue000" * 30] * 40),  # 30 characters a token: the cut falls short, the whole text is used
+              ""]
+    got = _rows(fast.tokenize(texts)) + [_rows(fast.tokenize([t]))[0] for t in texts[:50]]
+    want = _reference_rows(folder, texts, max_len) + _reference_rows(folder, texts[:50], max_len)
+    mismatches = [i for i, (a, b) in enumerate(zip(got, want, strict=True)) if a != b]
+    assert not mismatches, [(repr(texts[i % len(texts)][:80]), got[i], want[i]) for i in mismatches[:3]]
+    assert any(t for _, t in want) and not all(t for _, t in want)  # both truncated and whole rows were checked
+
+
+def test_predict_reports_tokenise_and_model_milliseconds(predictor):
+    timings: dict = {}
+    predictor.predict(texts=["a fine film"], timings=timings)
+    assert set(timings) == {"tokenize", "model"} and all(0 < ms < 10_000 for ms in timings.values())
+
+
 def test_empty_input_gives_no_results(predictor):
     assert predictor.predict(texts=[]) == []
 
@@ -151,19 +205,23 @@ class RecordingPredictor:
         self.serving = {"precision": precision}
         self.calls: list[int] = []
 
-    def predict(self, texts=None, pairs=None):
+    def predict(self, texts=None, pairs=None, timings=None):
         import time
 
         self.calls.append(len(texts))
         time.sleep(0.05)  # long enough for the other requests to queue behind the first
+        if timings is not None:
+            timings["model"] = float(len(self.calls))  # which call answered
         return [{"label": t} for t in texts]
 
 
-def _classify_concurrently(engine, batches):
+def _classify_concurrently(engine, batches, timings=None):
     import asyncio
 
+    timings = timings or [None] * len(batches)
+
     async def run():
-        return await asyncio.gather(*(engine.classify(b) for b in batches))
+        return await asyncio.gather(*(engine.classify(b, t) for b, t in zip(batches, timings, strict=True)))
 
     return asyncio.run(run())
 
@@ -174,9 +232,11 @@ def test_engine_merges_waiting_requests_and_routes_answers_back():
     predictor = RecordingPredictor("fp32")
     engine = Engine(predictor, ServiceSettings(batching="auto", max_batch_texts=4))
     batches = [["r0"], ["r1a", "r1b"], ["r2"], ["r3a", "r3b"]]
-    answers = _classify_concurrently(engine, batches)
+    timings = [{} for _ in batches]
+    answers = _classify_concurrently(engine, batches, timings)
     assert [[r["label"] for r in a] for a in answers] == batches  # each request gets its own answers
     assert predictor.calls == [4, 2]  # all four wait for the first call: as many as fit in 4 texts, then the rest
+    assert [t["model"] for t in timings] == [1.0, 1.0, 1.0, 2.0]  # each request: the timings of its own call
     engine.close()
 
 
