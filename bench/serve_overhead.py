@@ -64,6 +64,7 @@ VARIANTS = {  # name -> (serve overrides, extra environment)
     "no_spin": (["serve.ort_spin=false"], {}),
     "spin_stop": (["serve.ort_spin_stop=true"], {}),
     "batching_never": (["serve.batching=never"], {}),
+    "no_inline": (["serve.inline_max_texts=0"], {}),
 }
 
 

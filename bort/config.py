@@ -350,6 +350,9 @@ class ServeConfig:
     ort_spin: bool = True  # onnxruntime threads busy-wait between calls (lower latency, more CPU)
     ort_spin_stop: bool = False  # ...but stop busy-waiting when a call returns (frees the CPU for HTTP)
     server_timing: bool = True  # a Server-Timing header on /classify: tokenize, model and app milliseconds
+    # Requests of at most this many texts run on the event loop itself when requests are not merged
+    # (int8 by default) and no model call is running: two thread hand-offs fewer. 0: always the model thread.
+    inline_max_texts: int = 1
     startup_timeout_s: float = 120.0
 
     def __post_init__(self) -> None:
@@ -363,6 +366,8 @@ class ServeConfig:
                     "max_batch_texts"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"serve.{key} must be >= 1, got {getattr(self, key)}")
+        if self.inline_max_texts < 0:
+            raise ConfigError(f"serve.inline_max_texts must be >= 0 (0: never inline), got {self.inline_max_texts}")
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ class ServiceSettings:
     ort_spin: bool = True
     ort_spin_stop: bool = False
     server_timing: bool = True
+    inline_max_texts: int = 1
 
     @classmethod
     def from_json(cls, text: str | None) -> ServiceSettings:

@@ -204,11 +204,14 @@ class RecordingPredictor:
     def __init__(self, precision: str = "fp32") -> None:
         self.serving = {"precision": precision}
         self.calls: list[int] = []
+        self.threads: list[str] = []
 
     def predict(self, texts=None, pairs=None, timings=None):
+        import threading
         import time
 
         self.calls.append(len(texts))
+        self.threads.append(threading.current_thread().name)
         time.sleep(0.05)  # long enough for the other requests to queue behind the first
         if timings is not None:
             timings["model"] = float(len(self.calls))  # which call answered
@@ -247,4 +250,29 @@ def test_engine_does_not_merge_requests_for_int8_models_by_default():
     engine = Engine(predictor, ServiceSettings(batching="auto"))
     _classify_concurrently(engine, [["a"], ["b"], ["c"]])
     assert predictor.calls == [1, 1, 1] and engine.batching is False
+    engine.close()
+
+
+@pytest.mark.parametrize(("inline_max_texts", "where"), [(1, ["loop", "model", "model"]), (0, ["model"] * 3)])
+def test_small_unmerged_calls_run_on_the_loop_and_never_beside_a_running_call(inline_max_texts, where):
+    import asyncio
+    import threading
+
+    from serve.app import Engine
+
+    predictor = RecordingPredictor("int8")
+    engine = Engine(predictor, ServiceSettings(batching="auto", inline_max_texts=inline_max_texts))
+
+    async def run():
+        await engine.classify(["one"])  # alone: inline
+        await engine.classify(["two", "texts"])  # over the limit: the model thread
+        big = asyncio.ensure_future(engine.classify(["a", "b"]))
+        await asyncio.sleep(0.01)  # the big call is now running in the model thread...
+        await engine.classify(["small"])  # ...so this one queues behind it there, not beside it
+        await big
+        return threading.current_thread().name
+
+    loop_thread = asyncio.run(run())
+    seen = ["loop" if name == loop_thread else "model" for name in predictor.threads]
+    assert seen[:2] == where[:2] and seen[2:] == ["model", "model"] and predictor.calls == [1, 2, 2, 1]
     engine.close()
