@@ -254,6 +254,9 @@ class FinetuneConfig:
     mistakes: str = "all"  # all: every dev mistake (the paper) | teachable: those the labeller gets right
     min_labeller_confidence: float = 0.0  # drop new points the labeller labels less surely
     select_metric: str = "accuracy"  # accuracy | macro_f1: picks the best theta, round and model
+    # Fraction of dev held apart to pick θ, round and model; mistakes come from the rest. 0: the paper
+    # (both on all of dev, which lets later rounds fit the examples they are scored on).
+    selection_holdout: float = 0.0
     ablation: bool = False  # also re-run Agora's warm-started path without the new points (more epochs only)
     time_budget_s: float = 1500.0  # the Agora loop's wall clock; round 1 always runs
 
@@ -287,6 +290,9 @@ class FinetuneConfig:
         if not 0.0 <= self.labeller_min_dev_accuracy <= 1.0:
             raise ConfigError(f"finetune.labeller_min_dev_accuracy must be in [0, 1], got "
                               f"{self.labeller_min_dev_accuracy}")
+        if not 0.0 <= self.selection_holdout < 1.0:
+            raise ConfigError(f"finetune.selection_holdout must be in [0, 1) (0: mine and select on all of dev), "
+                              f"got {self.selection_holdout}")
         if not 0.0 <= self.min_labeller_confidence < 1.0:
             raise ConfigError(f"finetune.min_labeller_confidence must be in [0, 1), got "
                               f"{self.min_labeller_confidence}")

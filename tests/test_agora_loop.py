@@ -129,3 +129,44 @@ def test_a_test_text_planted_in_the_dev_mistakes_cannot_reach_training(parts, ti
                     inputs.guard)
     with pytest.raises(TestLeakError):
         T.evaluate(model, inputs.tokenizer, dev, 24, guard=inputs.guard)
+
+
+def test_dev_split_is_stratified_disjoint_and_seeded():
+    from bort.data import Example
+
+    dev = [Example(f"t{i}", i % 3) for i in range(90)] + [Example("lonely", 3)]
+    split = loop.dev_split(dev, 0.5, seed=0)
+    assert sorted([*split.mine, *split.select]) == list(range(len(dev)))  # disjoint, covering dev
+    for label in range(3):  # about half of each label on each side
+        assert sum(dev[i].label == label for i in split.select) == 15
+    assert 90 in split.mine  # a label with one row stays on the mining side
+    again, other = loop.dev_split(dev, 0.5, seed=0), loop.dev_split(dev, 0.5, seed=1)
+    assert again.select.tolist() == split.select.tolist() and other.select.tolist() != split.select.tolist()
+    whole = loop.dev_split(dev, 0.0, seed=0)
+    assert whole.mine.tolist() == whole.select.tolist() == list(range(len(dev)))  # the paper: no split
+
+
+def test_with_a_selection_holdout_mistakes_are_mined_apart_from_the_rows_that_select(parts, tiny_source):
+    from dataclasses import replace
+
+    task, cfg = tiny_task(), tiny_cfg("finetune.selection_holdout=0.5")
+    inputs = inputs_for(parts, tiny_source, task, cfg)
+    split = loop.dev_split(inputs.dev, cfg.finetune.selection_holdout, cfg.seed)
+    seen: list[str] = []
+    transform = inputs.transform
+
+    def recording(mistakes, rng):
+        seen.extend(example_key(m) for m in mistakes)
+        return transform(mistakes, rng)
+
+    inputs = replace(inputs, split=split, transform=recording)
+    # every dev example wrong: only the mining rows may become mistakes
+    pred = np.array([1 - e.label for e in inputs.dev])
+    state = loop.LoopState(thetas=[], iteration=1, best_dev={"pred": pred})
+    loop._make_points(inputs, replace(cfg.finetune, max_points_per_round=10_000, max_points=10_000), state)
+    mine = {example_key(inputs.dev[i]) for i in split.mine}
+    assert seen and set(seen) <= mine and len(set(seen)) == len(mine)
+    # and the score that picks θ, round and model reads only the selection rows
+    pred[split.select] = [inputs.dev[i].label for i in split.select]
+    assert loop.selection_score(inputs, {"pred": pred, "accuracy": 0.0}, "accuracy") == 1.0
+    assert loop.selection_score(replace(inputs, split=None), {"pred": pred, "accuracy": 0.5}, "accuracy") == 0.5

@@ -57,6 +57,13 @@ def test_validation_in_post_init_names_the_key():
         C.resolve(overrides=["optimize.precision=fp16"])
 
 
+@pytest.mark.parametrize(("override", "key"), [("finetune.selection_holdout=1.0", "finetune.selection_holdout"),
+                                                ("serve.inline_max_texts=-1", "serve.inline_max_texts")])
+def test_new_range_checks_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        C.resolve([], [override])
+
+
 def test_missing_config_file_lists_the_named_profiles():
     with pytest.raises(ConfigError, match="not found.*default"):
         C.resolve(["no-such-profile"])
