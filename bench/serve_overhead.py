@@ -12,6 +12,11 @@ only**), fp32 and dynamic int8, at exactly 128 tokens:
   default (``--client http.client`` for the standard library's): client and server share the two
   cores here, and the client's own header parsing is not what the server adds.
 
+Each answer's ``Server-Timing`` header gives the server's own tokenise, model and route times, so
+the time *around the model* is also taken request by request (client time minus the model call),
+free of the model's run-to-run variation, and split into tokenising, the rest of the route and
+what lies outside it (sockets, uvicorn, BentoML's middleware, the client).
+
 Rounds interleave raw and served measurements, so background load hits both alike. Variants of
 the service show where the overhead goes (batching forced on, ORT threads not spinning, and a
 ``@bentoml.api`` service for comparison). Memory: RSS summed over the server's processes, idle
