@@ -3,7 +3,9 @@
 For (a) a MiniLM-sized classifier (all-MiniLM-L6-v2's weights, random head), (b) the Bort shape
 4/8/1024/768 and (c) a tiny 2/3/33/37 model whose compute is negligible, so that served - raw is
 the server's own cost with little CPU contention in the way (b and c: random weights, **speed
-only**), fp32 and dynamic int8, at exactly 128 tokens:
+only**), and with ``--run-dir`` (d) the optimised and baseline models a `bort run` exported (real
+weights: on the embedded default, the extracted student and the fine-tuned MiniLM-L6); fp32 and
+dynamic int8, at exactly 128 tokens:
 
 - ``raw``: ``session.run`` on fixed token ids, in this process (what `bort export` records);
 - ``predict``: the whole in-process path (tokenise, run, softmax, label map);
@@ -106,6 +108,18 @@ def build_models(work: Path, which: list[str]) -> dict[str, Path]:
         for precision in ("fp32", "int8"):
             X.write_serving(root / precision, labels=list(labels.values()), is_pair=False, precision=precision,
                             name=f"{name}:{precision}", max_seq_len=512)
+    return out
+
+
+def run_models(run_dir: Path) -> dict[str, Path]:
+    """The exported roles of a `bort run` (``export/<role>/{fp32,int8}``): the embedded default's
+    own models, real weights, when the run was made on it."""
+    out = {}
+    for role in ("optimized", "baseline"):
+        folder = run_dir / "export" / role
+        if not all((folder / p / "serving.json").is_file() for p in ("fp32", "int8")):
+            raise SystemExit(f"{folder} has no fp32 and int8 export; run `bort export --run-dir {run_dir}` first")
+        out[f"run-{role}"] = folder
     return out
 
 
@@ -370,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tag", default="", help="write serve_overhead-TAG.{json,md} (keeps other runs' results)")
     parser.add_argument("--client", choices=sorted(CLIENTS), default="socket",
                         help="HTTP client: a bare keep-alive socket (default) or the standard library's http.client")
+    parser.add_argument("--run-dir", default="",
+                        help="also measure the optimised and baseline models `bort export` wrote in this run folder")
     parser.add_argument("--no-framework", action="store_true", help="skip the in-process web-stack comparison")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -378,7 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     n = args.requests or (50 if args.quick else 75)
     VARIANTS["h11_asyncio"] = ([], {"PYTHONPATH": os.pathsep.join([str(without_fast_io(Path(args.work))), str(ROOT)])})
     variants = (args.variants or ("default" if args.quick else ",".join(VARIANTS))).split(",")
-    models = build_models(Path(args.work), args.models.split(","))
+    models = build_models(Path(args.work), [m for m in args.models.split(",") if m])
+    if args.run_dir:
+        models.update(run_models(Path(args.run_dir)))
     framework = {} if args.no_framework else framework_overhead(next(iter(models.values())) / "int8", n=4 * n,
                                                                 rounds=2)
     log.info("framework overhead: %s", framework)
