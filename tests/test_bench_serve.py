@@ -1,0 +1,53 @@
+"""bench/serve_overhead.py and bench/serve_stacks.py: their parsing and tables, without servers."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import pytest
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "bench"))
+
+import serve_overhead as SO  # noqa: E402
+import serve_stacks as SS  # noqa: E402
+
+from serve.app import Engine  # noqa: E402
+from serve.validation import ServiceSettings  # noqa: E402
+
+
+class FakeClient:
+    def __init__(self, timing: str) -> None:
+        self.timing = timing
+
+    def call(self) -> bytes:
+        return b"{}"
+
+
+def test_served_ms_reads_each_part_of_server_timing():
+    times, parts = SO.served_ms(FakeClient("tokenize;dur=0.200, model;dur=9.500, app;dur=10.000"), 3)
+    assert len(times) == 3 and parts == {"tokenize": [0.2] * 3, "model": [9.5] * 3, "app": [10.0] * 3}
+    with pytest.raises(RuntimeError, match="Server-Timing"):
+        SO.served_ms(FakeClient("model;dur=9.5"), 1)
+
+
+def test_summary_splits_the_time_around_the_model_request_by_request():
+    served = [11.0, 12.0, 13.0]
+    parts = {"tokenize": [0.2, 0.2, 0.2], "model": [9.0, 10.0, 11.0], "app": [10.0, 11.0, 12.0]}
+    load = {"users": 8, "requests_per_s": 100.0, "peak_rss_mb": 300.0}
+    row = SO.summarise("bort", "int8", "default", [9.5] * 3, [10.0] * 3, served, 250.0, load, 1.0, [1.4, 1.6],
+                       parts)
+    assert row["around_model_p50_ms"] == 2.0  # 11-9, 12-10, 13-11: the model's own spread is gone
+    assert row["outside_route_p50_ms"] == 1.0 and row["route_other_p50_ms"] == pytest.approx(0.8)
+    assert row["in_server_model_p50_ms"] == 10.0 and row["served_over_raw"] == pytest.approx(12.0 / 9.5, abs=1e-3)
+    table = SO.markdown([row], {"cpu": {"model": "cpu", "usable_cores": 2}, "client": "socket", "rounds": 1, "n": 3})
+    assert "| bort | int8 | default | 9.50 |" in table and "2.00 ✗" in table and "1.26 ✓" in table
+
+
+def test_the_stub_predictor_fits_the_engine():
+    engine = Engine(SS.StubPredictor(), ServiceSettings())
+    timings: dict = {}
+    results = asyncio.run(engine.classify(["a text"], timings))
+    assert results[0]["label"] == "positive" and set(timings) == {"tokenize", "model"}
+    engine.close()
