@@ -134,14 +134,15 @@ class Predictor:
         self.is_pair: bool = bool(self.serving.get("is_pair", False))
         self.name: str = str(self.serving.get("name", self.folder.name))
         self.max_seq_len = min(int(max_seq_len), int(self.serving["max_seq_len"]))
-        spec = json.loads((self.folder / "tokenizer.json").read_text(encoding="utf-8"))
-        self.tokenizer = self._load_tokenizer()
+        saved = (self.folder / "tokenizer.json").read_text(encoding="utf-8")
+        spec = json.loads(saved)
+        self.tokenizer = self._load_tokenizer(saved)
         pad = self.serving.get("pad_token", "[PAD]")
         pad_id = self.tokenizer.token_to_id(pad)
         self.pad_id = 0 if pad_id is None else pad_id
         # Fast paths that give the same token ids (a test fuzzes both against the plain tokenizer):
         fast = ascii_normalizer(spec.get("normalizer"))
-        self._ascii_tokenizer = None if fast is None else self._load_tokenizer(fast)
+        self._ascii_tokenizer = None if fast is None else self._load_tokenizer(saved, fast)
         self._cut_chars = CUT_CHARS_PER_TOKEN * self.max_seq_len if splits_on_whitespace(spec) else None
         self.session = ort.InferenceSession(
             str(self.folder / "model.onnx"), sess_options=session_options(num_threads, spin, spin_stop),
@@ -150,10 +151,11 @@ class Predictor:
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.num_threads = num_threads
 
-    def _load_tokenizer(self, normalizer: Any = None) -> Any:
+    def _load_tokenizer(self, saved: str, normalizer: Any = None) -> Any:
+        """The saved tokenizer (its JSON text), truncating to ``max_seq_len``, not padding."""
         from tokenizers import Tokenizer
 
-        tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
+        tokenizer = Tokenizer.from_str(saved)
         if normalizer is not None:
             tokenizer.normalizer = normalizer
         tokenizer.enable_truncation(max_length=self.max_seq_len)
