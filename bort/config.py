@@ -356,8 +356,8 @@ class ServeConfig:
     ort_spin: bool = True  # onnxruntime threads busy-wait between calls (lower latency, more CPU)
     ort_spin_stop: bool = False  # ...but stop busy-waiting when a call returns (frees the CPU for HTTP)
     server_timing: bool = True  # a Server-Timing header on /classify: tokenize, model and app milliseconds
-    # Requests of at most this many texts run on the event loop itself when requests are not merged
-    # (int8 by default) and no model call is running: two thread hand-offs fewer. 0: always the model thread.
+    # A request of at most this many texts runs on the event loop itself when no model call is running
+    # (and, where requests are merged, none arrived with it): two thread hand-offs fewer. 0: never.
     inline_max_texts: int = 1
     startup_timeout_s: float = 120.0
 

@@ -276,3 +276,28 @@ def test_small_unmerged_calls_run_on_the_loop_and_never_beside_a_running_call(in
     seen = ["loop" if name == loop_thread else "model" for name in predictor.threads]
     assert seen[:2] == where[:2] and seen[2:] == ["model", "model"] and predictor.calls == [1, 2, 2, 1]
     engine.close()
+
+
+def test_a_lone_small_merged_request_runs_on_the_loop_and_company_still_merges():
+    import asyncio
+    import threading
+
+    from serve.app import Engine
+
+    predictor = RecordingPredictor("fp32")
+    engine = Engine(predictor, ServiceSettings(batching="auto", max_batch_texts=8))
+
+    async def run():
+        await engine.classify(["alone"])  # nobody else: on the loop, no hand-off
+        together = await asyncio.gather(*(engine.classify([t]) for t in ("x", "y", "z")))  # arrive together
+        big = asyncio.ensure_future(engine.classify(["a", "b"]))
+        await asyncio.sleep(0.01)  # the big call is running in the model thread...
+        late = await engine.classify(["late"])  # ...so a lone small one waits for the next call there
+        await big
+        return threading.current_thread().name, together, late
+
+    loop_thread, together, late = asyncio.run(run())
+    seen = ["loop" if name == loop_thread else "model" for name in predictor.threads]
+    assert predictor.calls == [1, 3, 2, 1] and seen == ["loop", "model", "model", "model"]
+    assert [a[0]["label"] for a in together] == ["x", "y", "z"] and late[0]["label"] == "late"
+    engine.close()
