@@ -14,6 +14,10 @@ dynamic int8, at exactly 128 tokens:
   default (``--client http.client`` for the standard library's): client and server share the two
   cores here, and the client's own header parsing is not what the server adds.
 
+With ``--task-texts`` the run's models are measured a second time on the embedded default task's
+test texts (Rotten Tomatoes snippets, ~30 tokens), one per request at its own length: the traffic
+those models serve, where the model costs far less than at 128 tokens.
+
 Each answer's ``Server-Timing`` header gives the server's own tokenise, model and route times, so
 the time *around the model* is also taken request by request (client time minus the model call),
 free of the model's run-to-run variation, and split into tokenising, the rest of the route and
@@ -123,27 +127,41 @@ def run_models(run_dir: Path) -> dict[str, Path]:
     return out
 
 
-def raw_ms(predictor: Predictor, feeds: dict, n: int) -> list[float]:
-    return _timed(lambda: predictor.logits(feeds), n)
+def raw_ms(predictor: Predictor, feeds: list[dict], n: int) -> list[float]:
+    """onnxruntime alone on pre-tokenised inputs, taken in turn."""
+    return _timed(lambda i: predictor.logits(feeds[i % len(feeds)]), n)
 
 
 def _timed(call, n: int) -> list[float]:
+    """Milliseconds of ``call(i)`` for i in 0..n-1."""
     times = []
-    for _ in range(n):
+    for i in range(n):
         start = time.perf_counter()
-        call()
+        call(i)
         times.append((time.perf_counter() - start) * 1000.0)
     return times
 
 
-class HttpClient:
-    """The standard library's keep-alive client (``http.client``): what a plain Python caller pays."""
+def task_texts(count: int) -> list[str]:
+    """The first ``count`` test texts of the embedded default task (Rotten Tomatoes snippets, the
+    default profile's seeded split): the traffic the embedded default's models serve, each at its
+    own length."""
+    from bort.data import load_task
 
-    def __init__(self, host: str, port: int, body: bytes) -> None:
-        self.conn, self.body = http.client.HTTPConnection(host, port, timeout=30), body
+    return [example.text for example in load_task(config.resolve([], [])).test[:count]]
+
+
+class HttpClient:
+    """The standard library's keep-alive client (``http.client``): what a plain Python caller pays.
+    Sends ``bodies`` in turn, one per call."""
+
+    def __init__(self, host: str, port: int, bodies: list[bytes]) -> None:
+        self.conn, self.bodies, self.sent = http.client.HTTPConnection(host, port, timeout=30), bodies, 0
 
     def call(self) -> bytes:
-        self.conn.request("POST", "/classify", self.body, {"Content-Type": "application/json"})
+        body = self.bodies[self.sent % len(self.bodies)]
+        self.sent += 1
+        self.conn.request("POST", "/classify", body, {"Content-Type": "application/json"})
         resp = self.conn.getresponse()
         data = resp.read()
         if resp.status != 200:
@@ -158,17 +176,19 @@ class HttpClient:
 class SocketClient:
     """A keep-alive HTTP/1.1 client on a bare socket: one request built once, the answer read by its
     Content-Length. It spends less of the shared CPU than ``http.client`` (which parses headers in
-    Python), so served - raw comes closer to what the server itself adds."""
+    Python), so served - raw comes closer to what the server itself adds. Sends ``bodies`` in turn."""
 
-    def __init__(self, host: str, port: int, body: bytes) -> None:
+    def __init__(self, host: str, port: int, bodies: list[bytes]) -> None:
         self.sock = socket.create_connection((host, port), timeout=30)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         head = (f"POST /classify HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n")
-        self.request, self.pending, self.timing = head.encode() + body, b"", ""
+                "Content-Length: {}\r\n\r\n")
+        self.requests = [head.format(len(body)).encode() + body for body in bodies]
+        self.sent, self.pending, self.timing = 0, b"", ""
 
     def call(self) -> bytes:
-        self.sock.sendall(self.request)
+        self.sock.sendall(self.requests[self.sent % len(self.requests)])
+        self.sent += 1
         data = self.pending
         while b"\r\n\r\n" not in data:
             data += self._recv()
@@ -230,13 +250,13 @@ def rss_mb(pids: set[int]) -> float:
     return round(total / 1024, 1)
 
 
-def load_phase(server: ServerProcess, body: bytes, users: int, seconds: float, client_cls: Any) -> dict:
+def load_phase(server: ServerProcess, bodies: list[bytes], users: int, seconds: float, client_cls: Any) -> dict:
     """`users` closed-loop clients for `seconds`; peak RSS sampled every 50 ms."""
     stop, counts, peak = time.monotonic() + seconds, [0] * users, [0.0]
     pids = server.pids()
 
     def user(i: int) -> None:
-        client = client_cls(server.host, server.port, body)
+        client = client_cls(server.host, server.port, bodies)
         while time.monotonic() < stop:
             client.call()
             counts[i] += 1
@@ -252,10 +272,15 @@ def load_phase(server: ServerProcess, body: bytes, users: int, seconds: float, c
 
 
 def measure_model(name: str, folder: Path, variants: list[str], rounds: int, n: int,
-                  client_cls: Any = SocketClient) -> list[dict]:
-    """Interleaved raw / predict / served rounds for each precision and service variant."""
+                  client_cls: Any = SocketClient, texts: list[str] | None = None) -> list[dict]:
+    """Interleaved raw / predict / served rounds for each precision and service variant.
+
+    ``texts``: one per request, in turn (raw, predict and served see the same sequence, and with
+    ``n`` of them every round sends each once); by default the one text that fills 128 tokens."""
     rows = []
-    body = json.dumps({"texts": [TEXT]}).encode()
+    fixed = texts is None
+    texts = [TEXT] if fixed else texts
+    bodies = [json.dumps({"texts": [text]}).encode() for text in texts]
     for precision in ("fp32", "int8"):
         path = folder / precision
         for variant in variants:
@@ -265,8 +290,9 @@ def measure_model(name: str, folder: Path, variants: list[str], rounds: int, n: 
             # The in-process baseline uses the same onnxruntime settings as the server.
             predictor = Predictor(path, num_threads=THREADS, max_seq_len=SEQ_LEN, spin=cfg.serve.ort_spin,
                                   spin_stop=cfg.serve.ort_spin_stop)
-            feeds = predictor.tokenize([TEXT]).feeds
-            assert feeds["input_ids"].shape == (1, SEQ_LEN), feeds["input_ids"].shape
+            feeds = [predictor.tokenize([text]).feeds for text in texts]
+            lengths = [int(f["input_ids"].shape[1]) for f in feeds]
+            assert not fixed or lengths == [SEQ_LEN], lengths
             log_path = Path(tempfile.gettempdir()) / f"bort-bench-{name}-{precision}-{variant}.log"
             with ServerProcess(path, cfg.serve, log_path=log_path, env=env) as server:
                 raw_ms(predictor, feeds, 20)
@@ -274,9 +300,9 @@ def measure_model(name: str, folder: Path, variants: list[str], rounds: int, n: 
                 in_server: dict[str, list[float]] = {name: [] for name in TIMING_PARTS}
                 for _ in range(rounds):
                     raw_round = raw_ms(predictor, feeds, n)
-                    pred += _timed(lambda p=predictor: p.predict(texts=[TEXT]), n // 2)
+                    pred += _timed(lambda i, p=predictor: p.predict(texts=[texts[i % len(texts)]]), n)
                     # A fresh keep-alive connection per round: the server closes idle ones after 5 s.
-                    client = client_cls(server.host, server.port, body)
+                    client = client_cls(server.host, server.port, bodies)
                     served_ms(client, 5)
                     served_round, parts_round = served_ms(client, n)
                     client.close()
@@ -287,9 +313,10 @@ def measure_model(name: str, folder: Path, variants: list[str], rounds: int, n: 
                     # Paired per round: the machine's speed drifts between rounds, much less within one.
                     paired.append(float(np.percentile(served_round, 50) - np.percentile(raw_round, 50)))
                 idle = rss_mb(server.pids())
-                load = load_phase(server, body, users=8, seconds=4.0, client_cls=client_cls)
+                load = load_phase(server, bodies, users=8, seconds=4.0, client_cls=client_cls)
             rows.append(summarise(name, precision, variant, raw, pred, served, idle, load, server.ready_s, paired,
                                   in_server))
+            rows[-1]["input"] = f"{SEQ_LEN} tokens" if fixed else f"task texts, median {int(np.median(lengths))} tokens"
             log.info("%s", rows[-1])
     return rows
 
@@ -316,22 +343,23 @@ def summarise(name, precision, variant, raw, pred, served, idle, load, ready_s, 
 
 def markdown(rows: list[dict], meta: dict) -> str:
     lines = [
-        "# Served vs raw onnxruntime latency (batch 1, 128 tokens)", "",
+        "# Served vs raw onnxruntime latency (batch 1)", "",
         f"CPU: {meta['cpu']['model']} ({meta['cpu']['usable_cores']} usable cores), threads {THREADS}, "
         f"one keep-alive HTTP client ({meta['client']}) on 127.0.0.1; {meta['rounds']} interleaved "
         f"rounds x {meta['n']} requests. "
         "Bort shape: random weights, **speed only**. Other processes share this machine: read the ratios.", "",
-        "| model | precision | service | raw p50 | in-process predict p50 | served p50 (p90) | "
+        "| model | input | precision | service | raw p50 | in-process predict p50 | served p50 (p90) | "
         "added by server, paired (range over rounds) | model in server p50 | around the model, per request p50 | "
         "served/raw | RSS idle / peak (8 users) | req/s (8 users) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         added = r["overhead_paired_ms"]
         low, high = r["overhead_paired_range_ms"]
         goal = " ✓" if added <= 1.5 else " ✗"
         lines.append(
-            f"| {r['model']} | {r['precision']} | {r['variant']} | {r['raw_p50_ms']:.2f} | {r['predict_p50_ms']:.2f} | "
+            f"| {r['model']} | {_input(r)} | {r['precision']} | {r['variant']} | {r['raw_p50_ms']:.2f} | "
+            f"{r['predict_p50_ms']:.2f} | "
             f"{r['served_p50_ms']:.2f} ({r['served_p90_ms']:.2f}) | {added:.2f}{goal} ({low:.2f} to {high:.2f}) | "
             f"{r['in_server_model_p50_ms']:.2f} | {r['around_model_p50_ms']:.2f}"
             f"{' ✓' if r['around_model_p50_ms'] <= 1.5 else ' ✗'} | "
@@ -346,9 +374,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
               "put where the paired difference swings with a heavy model's variance. "
               "Goal for the Bort shape: served/raw <= 1.3."]
     lines += ["", "## Around the model, request by request (p50, ms)", "",
-              "| model | precision | service | around the model | tokenise | rest of the route (validation, "
-              "queue, JSON) | outside the route (sockets, uvicorn, BentoML, client) |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['precision']} | {r['variant']} | {r['around_model_p50_ms']:.2f} | "
+              "| model | input | precision | service | around the model | tokenise | rest of the route (validation, "
+              "queue, JSON) | outside the route (sockets, uvicorn, BentoML, client) |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {_input(r)} | {r['precision']} | {r['variant']} | {r['around_model_p50_ms']:.2f} | "
               f"{r['tokenize_p50_ms']:.2f} | {r['route_other_p50_ms']:.2f} | {r['outside_route_p50_ms']:.2f} |"
               for r in rows]
     lines += ["", "From each answer's `Server-Timing` header; medians of each part, so they need not add up."]
@@ -360,6 +388,10 @@ def markdown(rows: list[dict], meta: dict) -> str:
                   "the client are not in these figures; *added by server* above minus *in-process predict - raw* "
                   "is their share."]
     return "\n".join(lines) + "\n"
+
+
+def _input(row: dict) -> str:
+    return row.get("input", f"{SEQ_LEN} tokens")  # results written before inputs were recorded
 
 
 def without_fast_io(work: Path) -> Path:
@@ -387,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", default="",
                         help="also measure the optimised and baseline models `bort export` wrote in this run folder")
     parser.add_argument("--no-framework", action="store_true", help="skip the in-process web-stack comparison")
+    parser.add_argument("--task-texts", action="store_true",
+                        help="with --run-dir: also measure the run's models on the embedded default task's test "
+                             "texts, one per request at its own length (the traffic they serve)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
@@ -402,6 +437,12 @@ def main(argv: list[str] | None = None) -> int:
     log.info("framework overhead: %s", framework)
     rows = [row for name, folder in models.items()
             for row in measure_model(name, folder, variants, rounds, n, CLIENTS[args.client])]
+    if args.task_texts:
+        if not args.run_dir:
+            raise SystemExit("--task-texts measures a run's models: give --run-dir too")
+        texts = task_texts(n)
+        rows += [row for name, folder in run_models(Path(args.run_dir)).items()
+                 for row in measure_model(name, folder, variants, rounds, n, CLIENTS[args.client], texts)]
     meta = {"cpu": cpu_info(), "versions": library_versions(), "seq_len": SEQ_LEN, "threads": THREADS,
             "rounds": rounds, "n": n, "client": args.client, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "load_average": os.getloadavg(), "framework": framework}

@@ -41,8 +41,11 @@ def test_summary_splits_the_time_around_the_model_request_by_request():
     assert row["around_model_p50_ms"] == 2.0  # 11-9, 12-10, 13-11: the model's own spread is gone
     assert row["outside_route_p50_ms"] == 1.0 and row["route_other_p50_ms"] == pytest.approx(0.8)
     assert row["in_server_model_p50_ms"] == 10.0 and row["served_over_raw"] == pytest.approx(12.0 / 9.5, abs=1e-3)
-    table = SO.markdown([row], {"cpu": {"model": "cpu", "usable_cores": 2}, "client": "socket", "rounds": 1, "n": 3})
-    assert "| bort | int8 | default | 9.50 |" in table and "2.00 ✗" in table and "1.26 ✓" in table
+    meta = {"cpu": {"model": "cpu", "usable_cores": 2}, "client": "socket", "rounds": 1, "n": 3}
+    table = SO.markdown([row], meta)
+    assert "| bort | 128 tokens | int8 | default | 9.50 |" in table and "2.00 ✗" in table and "1.26 ✓" in table
+    row["input"] = "task texts, median 31 tokens"
+    assert "| bort | task texts, median 31 tokens | int8 |" in SO.markdown([row], {**meta, "framework": {}})
 
 
 def test_the_stub_predictor_fits_the_engine():
@@ -51,3 +54,32 @@ def test_the_stub_predictor_fits_the_engine():
     results = asyncio.run(engine.classify(["a text"], timings))
     assert results[0]["label"] == "positive" and set(timings) == {"tokenize", "model"}
     engine.close()
+
+
+@pytest.mark.parametrize("client_cls", [SO.SocketClient, SO.HttpClient])
+def test_clients_send_their_bodies_in_turn_over_keep_alive(client_cls):
+    import socketserver
+    import threading
+
+    seen: list[bytes] = []
+
+    class Echo(socketserver.StreamRequestHandler):
+        def handle(self):  # keep-alive: answer requests on one connection until it closes
+            while (line := self.rfile.readline()) and line.strip():
+                length = 0
+                while (header := self.rfile.readline()).strip():
+                    if header.lower().startswith(b"content-length:"):
+                        length = int(header.split(b":")[1])
+                body = self.rfile.read(length)
+                seen.append(body)
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nServer-Timing: "
+                                 b"model;dur=1.0\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), Echo) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        client = client_cls("127.0.0.1", server.server_address[1], [b'{"texts": ["a"]}', b'{"texts": ["bb"]}'])
+        answers = [client.call() for _ in range(3)]
+        client.close()
+        server.shutdown()
+    assert answers == seen == [b'{"texts": ["a"]}', b'{"texts": ["bb"]}', b'{"texts": ["a"]}']
+    assert client.timing.strip() == "model;dur=1.0"
