@@ -142,13 +142,26 @@ def _timed(call, n: int) -> list[float]:
     return times
 
 
-def task_texts(count: int) -> list[str]:
-    """The first ``count`` test texts of the embedded default task (Rotten Tomatoes snippets, the
-    default profile's seeded split): the traffic the embedded default's models serve, each at its
-    own length."""
-    from bort.data import load_task
+def task_texts(run_dir: Path, count: int) -> tuple[str, list[str] | list[tuple[str, str]]]:
+    """The first ``count`` test inputs of the run's task (texts, or pairs for a pair task): the
+    traffic its models serve, each at its own length. From the splits the run stored; a run folder
+    holding only an export gets the embedded default task's (the default profile's seeded split)."""
+    from bort.data import load_prepared, load_task
 
-    return [example.text for example in load_task(config.resolve([], [])).test[:count]]
+    task = load_prepared(run_dir) if (run_dir / "data").is_dir() else load_task(config.resolve([], []))
+    examples = task.test[:count]
+    if task.is_pair:
+        return task.name, [(e.text, e.text_pair or "") for e in examples]
+    return task.name, [e.text for e in examples]
+
+
+def _feeds_body(predictor: Predictor, item: str | tuple[str, str]) -> tuple[dict, bytes, Any]:
+    """For one request's input: onnxruntime feeds, the JSON body, and a call of the whole in-process path."""
+    if isinstance(item, tuple):
+        return (predictor.tokenize([], pairs=[item]).feeds, json.dumps({"pairs": [list(item)]}).encode(),
+                lambda: predictor.predict(pairs=[item]))
+    return (predictor.tokenize([item]).feeds, json.dumps({"texts": [item]}).encode(),
+            lambda: predictor.predict(texts=[item]))
 
 
 class HttpClient:
@@ -238,6 +251,38 @@ def served_ms(client: Any, n: int) -> tuple[list[float], dict[str, list[float]]]
     return times, parts
 
 
+GAPS_MS = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0)
+
+
+def code_after_gap(folder: Path, rounds: int = 8, n: int = 20) -> list[dict]:
+    """ms of one ``tokenize`` of the bench text, right after the previous one or after a gap.
+
+    The gap is a sleep, or a Python busy-wait on the same core that touches almost no memory. A
+    raw onnxruntime loop runs its code back to back; in a server, each request's code runs once per
+    model call, so after a gap as long as the model's latency."""
+    predictor = Predictor(folder, num_threads=THREADS, max_seq_len=SEQ_LEN)
+
+    def busy(ms: float) -> None:
+        end = time.perf_counter() + ms / 1000.0
+        while time.perf_counter() < end:
+            pass
+
+    def tokenize_ms() -> float:
+        start = time.perf_counter()
+        predictor.tokenize([TEXT])
+        return (time.perf_counter() - start) * 1000.0
+
+    times: dict[tuple[str, float], list[float]] = {(kind, gap): [] for gap in GAPS_MS for kind in ("sleep", "busy")}
+    for _ in range(rounds):  # interleaved, so drift hits every gap alike
+        for (kind, gap), out in times.items():
+            for _ in range(n):
+                if gap:
+                    time.sleep(gap / 1000.0) if kind == "sleep" else busy(gap)
+                out.append(tokenize_ms())
+    return [{"gap_ms": gap, "after_sleep_ms": round(float(np.median(times[("sleep", gap)])), 3),
+             "after_busy_wait_ms": round(float(np.median(times[("busy", gap)])), 3)} for gap in GAPS_MS]
+
+
 def rss_mb(pids: set[int]) -> float:
     total = 0
     for pid in pids:
@@ -272,15 +317,15 @@ def load_phase(server: ServerProcess, bodies: list[bytes], users: int, seconds: 
 
 
 def measure_model(name: str, folder: Path, variants: list[str], rounds: int, n: int,
-                  client_cls: Any = SocketClient, texts: list[str] | None = None) -> list[dict]:
+                  client_cls: Any = SocketClient, inputs: list | None = None, input_name: str = "") -> list[dict]:
     """Interleaved raw / predict / served rounds for each precision and service variant.
 
-    ``texts``: one per request, in turn (raw, predict and served see the same sequence, and with
-    ``n`` of them every round sends each once); by default the one text that fills 128 tokens."""
+    ``inputs``: texts (or pairs), one per request, in turn (raw, predict and served see the same
+    sequence, and with ``n`` of them every round sends each once); by default the one text that
+    fills 128 tokens."""
     rows = []
-    fixed = texts is None
-    texts = [TEXT] if fixed else texts
-    bodies = [json.dumps({"texts": [text]}).encode() for text in texts]
+    fixed = inputs is None
+    inputs = [TEXT] if fixed else inputs
     for precision in ("fp32", "int8"):
         path = folder / precision
         for variant in variants:
@@ -290,7 +335,7 @@ def measure_model(name: str, folder: Path, variants: list[str], rounds: int, n: 
             # The in-process baseline uses the same onnxruntime settings as the server.
             predictor = Predictor(path, num_threads=THREADS, max_seq_len=SEQ_LEN, spin=cfg.serve.ort_spin,
                                   spin_stop=cfg.serve.ort_spin_stop)
-            feeds = [predictor.tokenize([text]).feeds for text in texts]
+            feeds, bodies, calls = zip(*(_feeds_body(predictor, item) for item in inputs), strict=True)
             lengths = [int(f["input_ids"].shape[1]) for f in feeds]
             assert not fixed or lengths == [SEQ_LEN], lengths
             log_path = Path(tempfile.gettempdir()) / f"bort-bench-{name}-{precision}-{variant}.log"
@@ -300,7 +345,7 @@ def measure_model(name: str, folder: Path, variants: list[str], rounds: int, n: 
                 in_server: dict[str, list[float]] = {name: [] for name in TIMING_PARTS}
                 for _ in range(rounds):
                     raw_round = raw_ms(predictor, feeds, n)
-                    pred += _timed(lambda i, p=predictor: p.predict(texts=[texts[i % len(texts)]]), n)
+                    pred += _timed(lambda i, c=calls: c[i % len(c)](), n)
                     # A fresh keep-alive connection per round: the server closes idle ones after 5 s.
                     client = client_cls(server.host, server.port, bodies)
                     served_ms(client, 5)
@@ -316,7 +361,7 @@ def measure_model(name: str, folder: Path, variants: list[str], rounds: int, n: 
                 load = load_phase(server, bodies, users=8, seconds=4.0, client_cls=client_cls)
             rows.append(summarise(name, precision, variant, raw, pred, served, idle, load, server.ready_s, paired,
                                   in_server))
-            rows[-1]["input"] = f"{SEQ_LEN} tokens" if fixed else f"task texts, median {int(np.median(lengths))} tokens"
+            rows[-1]["input"] = f"{SEQ_LEN} tokens" if fixed else f"{input_name}, median {int(np.median(lengths))} tokens"
             log.info("%s", rows[-1])
     return rows
 
@@ -348,6 +393,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"one keep-alive HTTP client ({meta['client']}) on 127.0.0.1; {meta['rounds']} interleaved "
         f"rounds x {meta['n']} requests. "
         "Bort shape: random weights, **speed only**. Other processes share this machine: read the ratios.", "",
+        f"Inputs: *{SEQ_LEN} tokens* is one 669-character review cut to exactly {SEQ_LEN} tokens, the most a "
+        "request brings at the default `serve.max_seq_len`; *test texts* are a run's first test inputs, one "
+        "per request at its own length, the traffic its models serve.", "",
         "| model | input | precision | service | raw p50 | in-process predict p50 | served p50 (p90) | "
         "added by server, paired (range over rounds) | model in server p50 | around the model, per request p50 | "
         "served/raw | RSS idle / peak (8 users) | req/s (8 users) |",
@@ -380,6 +428,17 @@ def markdown(rows: list[dict], meta: dict) -> str:
               f"{r['tokenize_p50_ms']:.2f} | {r['route_other_p50_ms']:.2f} | {r['outside_route_p50_ms']:.2f} |"
               for r in rows]
     lines += ["", "From each answer's `Server-Timing` header; medians of each part, so they need not add up."]
+    if meta.get("gap"):
+        lines += ["", "## The same code, slower after a gap", "",
+                  "One `tokenize` of the bench text, in-process, right after the previous one or after a gap "
+                  "(a sleep, or a Python busy-wait that touches almost no memory):", "",
+                  "| gap (ms) | after a sleep | after a busy-wait |", "|---|---|---|"]
+        lines += [f"| {g['gap_ms']:g} | {g['after_sleep_ms']:.3f} | {g['after_busy_wait_ms']:.3f} |" for g in meta["gap"]]
+        lines += ["", "*raw* runs its code back to back; in the server, each request's code runs once per model "
+                  "call, after a gap as long as the model's latency. The slowdown does not depend on what fills "
+                  "the gap, so it comes from the machine (most likely its caches, shared with other guests on this "
+                  "host, losing our data over time), not from the model or the server: the server's code around "
+                  "a slow model pays it, around a fast one barely."]
     if meta.get("framework"):
         lines += ["", "## Where the overhead goes: one request through each web stack in-process, no model", "",
                   "| stack | p50 ms per request |", "|---|---|"]
@@ -419,9 +478,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", default="",
                         help="also measure the optimised and baseline models `bort export` wrote in this run folder")
     parser.add_argument("--no-framework", action="store_true", help="skip the in-process web-stack comparison")
+    parser.add_argument("--no-gap", action="store_true", help="skip the in-process code-after-a-gap measurement")
     parser.add_argument("--task-texts", action="store_true",
-                        help="with --run-dir: also measure the run's models on the embedded default task's test "
-                             "texts, one per request at its own length (the traffic they serve)")
+                        help="with --run-dir: also measure the run's models on its task's test texts, one per "
+                             "request at its own length (the traffic they serve)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
@@ -435,17 +495,20 @@ def main(argv: list[str] | None = None) -> int:
     framework = {} if args.no_framework else framework_overhead(next(iter(models.values())) / "int8", n=4 * n,
                                                                 rounds=2)
     log.info("framework overhead: %s", framework)
+    gap = [] if args.no_gap else code_after_gap(next(iter(models.values())) / "int8")
+    log.info("code after a gap: %s", gap)
     rows = [row for name, folder in models.items()
             for row in measure_model(name, folder, variants, rounds, n, CLIENTS[args.client])]
     if args.task_texts:
         if not args.run_dir:
             raise SystemExit("--task-texts measures a run's models: give --run-dir too")
-        texts = task_texts(n)
+        task, inputs = task_texts(Path(args.run_dir), n)
         rows += [row for name, folder in run_models(Path(args.run_dir)).items()
-                 for row in measure_model(name, folder, variants, rounds, n, CLIENTS[args.client], texts)]
+                 for row in measure_model(name, folder, variants, rounds, n, CLIENTS[args.client], inputs,
+                                          f"{task} test texts")]
     meta = {"cpu": cpu_info(), "versions": library_versions(), "seq_len": SEQ_LEN, "threads": THREADS,
             "rounds": rounds, "n": n, "client": args.client, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "load_average": os.getloadavg(), "framework": framework}
+            "load_average": os.getloadavg(), "framework": framework, "gap": gap}
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = f"serve_overhead-{args.tag}" if args.tag else "serve_overhead"
     atomic_write_json(RESULTS / f"{stem}.json", {"meta": meta, "rows": rows})

@@ -83,3 +83,48 @@ def test_clients_send_their_bodies_in_turn_over_keep_alive(client_cls):
         server.shutdown()
     assert answers == seen == [b'{"texts": ["a"]}', b'{"texts": ["bb"]}', b'{"texts": ["a"]}']
     assert client.timing.strip() == "model;dur=1.0"
+
+
+def test_each_input_becomes_feeds_a_body_and_an_in_process_call():
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        def tokenize(self, texts, pairs=None):
+            self.calls.append(("tokenize", texts, pairs))
+            return type("Batch", (), {"feeds": {"input_ids": [[1, 2]]}})()
+
+        def predict(self, texts=None, pairs=None):
+            self.calls.append(("predict", texts, pairs))
+
+    predictor = Recorder()
+    _, body, call = SO._feeds_body(predictor, "a text")
+    call()
+    assert body == b'{"texts": ["a text"]}' and predictor.calls[-1] == ("predict", ["a text"], None)
+    _, body, call = SO._feeds_body(predictor, ("a man eats", "someone eats"))
+    call()
+    assert body == b'{"pairs": [["a man eats", "someone eats"]]}'
+    assert predictor.calls[-2:] == [("tokenize", [], [("a man eats", "someone eats")]),
+                                    ("predict", None, [("a man eats", "someone eats")])]
+
+
+def test_task_texts_come_from_the_runs_stored_test_split(tmp_path):
+    from bort import config
+    from bort import data as D
+
+    rows = [{"text": f"text number {i}", "label": "pos" if i % 2 else "neg"} for i in range(60)]
+    csv = tmp_path / "task.csv"
+    csv.write_text("text,label\n" + "".join(f"{r['text']},{r['label']}\n" for r in rows))
+    cfg = config.resolve(["tiny"], [f"task.name={csv}"])
+    stored = D.prepare(cfg, tmp_path / "run")
+    name, inputs = SO.task_texts(tmp_path / "run", 5)
+    assert name == stored.name and inputs == [e.text for e in stored.test[:5]]
+
+
+def test_code_after_gap_times_every_gap_and_the_table_shows_them(tiny_export_run):
+    gap = SO.code_after_gap(tiny_export_run / "export" / "optimized" / "int8", rounds=1, n=2)
+    assert [g["gap_ms"] for g in gap] == list(SO.GAPS_MS)
+    assert all(g["after_sleep_ms"] > 0 and g["after_busy_wait_ms"] > 0 for g in gap)
+    meta = {"cpu": {"model": "cpu", "usable_cores": 2}, "client": "socket", "rounds": 1, "n": 1, "gap": gap}
+    table = SO.markdown([], meta)
+    assert "## The same code, slower after a gap" in table and f"| 20 | {gap[-1]['after_sleep_ms']:.3f} |" in table
