@@ -14,9 +14,9 @@ dynamic int8, at exactly 128 tokens:
   default (``--client http.client`` for the standard library's): client and server share the two
   cores here, and the client's own header parsing is not what the server adds.
 
-With ``--task-texts`` the run's models are measured a second time on the embedded default task's
-test texts (Rotten Tomatoes snippets, ~30 tokens), one per request at its own length: the traffic
-those models serve, where the model costs far less than at 128 tokens.
+With ``--task-texts`` the run's models are measured a second time on its task's test texts (on the
+embedded default, Rotten Tomatoes snippets of ~30 tokens), one per request at its own length: the
+traffic those models serve, where the model costs far less than at 128 tokens.
 
 Each answer's ``Server-Timing`` header gives the server's own tokenise, model and route times, so
 the time *around the model* is also taken request by request (client time minus the model call),
@@ -360,13 +360,14 @@ def measure_model(name: str, folder: Path, variants: list[str], rounds: int, n: 
                 idle = rss_mb(server.pids())
                 load = load_phase(server, bodies, users=8, seconds=4.0, client_cls=client_cls)
             rows.append(summarise(name, precision, variant, raw, pred, served, idle, load, server.ready_s, paired,
-                                  in_server))
-            rows[-1]["input"] = f"{SEQ_LEN} tokens" if fixed else f"{input_name}, median {int(np.median(lengths))} tokens"
+                                  in_server, f"{input_name}, median {int(np.median(lengths))} tokens" if not fixed
+                                  else f"{SEQ_LEN} tokens"))
             log.info("%s", rows[-1])
     return rows
 
 
-def summarise(name, precision, variant, raw, pred, served, idle, load, ready_s, paired, in_server) -> dict:
+def summarise(name, precision, variant, raw, pred, served, idle, load, ready_s, paired, in_server,
+              input_label: str = f"{SEQ_LEN} tokens") -> dict:
     p = {k: float(np.percentile(v, 50)) for k, v in (("raw", raw), ("predict", pred), ("served", served))}
     e2e, part = np.asarray(served), {k: np.asarray(v) for k, v in in_server.items()}
     # Per request: everything but onnxruntime's call, then that split where the server saw it.
@@ -377,7 +378,7 @@ def summarise(name, precision, variant, raw, pred, served, idle, load, ready_s, 
         **{f"{k}_p50_ms": round(float(np.percentile(v, 50)), 3) for k, v in around.items()},
         "overhead_paired_ms": round(float(np.median(paired)), 3),
         "overhead_paired_range_ms": [round(min(paired), 3), round(max(paired), 3)],
-        "model": name, "precision": precision, "variant": variant,
+        "model": name, "input": input_label, "precision": precision, "variant": variant,
         "raw_p50_ms": round(p["raw"], 3), "predict_p50_ms": round(p["predict"], 3),
         "served_p50_ms": round(p["served"], 3), "served_p90_ms": round(float(np.percentile(served, 90)), 3),
         "overhead_ms": round(p["served"] - p["raw"], 3), "http_overhead_ms": round(p["served"] - p["predict"], 3),
@@ -406,7 +407,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         low, high = r["overhead_paired_range_ms"]
         goal = " ✓" if added <= 1.5 else " ✗"
         lines.append(
-            f"| {r['model']} | {_input(r)} | {r['precision']} | {r['variant']} | {r['raw_p50_ms']:.2f} | "
+            f"| {r['model']} | {r['input']} | {r['precision']} | {r['variant']} | {r['raw_p50_ms']:.2f} | "
             f"{r['predict_p50_ms']:.2f} | "
             f"{r['served_p50_ms']:.2f} ({r['served_p90_ms']:.2f}) | {added:.2f}{goal} ({low:.2f} to {high:.2f}) | "
             f"{r['in_server_model_p50_ms']:.2f} | {r['around_model_p50_ms']:.2f}"
@@ -424,7 +425,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
     lines += ["", "## Around the model, request by request (p50, ms)", "",
               "| model | input | precision | service | around the model | tokenise | rest of the route (validation, "
               "queue, JSON) | outside the route (sockets, uvicorn, BentoML, client) |", "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {_input(r)} | {r['precision']} | {r['variant']} | {r['around_model_p50_ms']:.2f} | "
+    lines += [f"| {r['model']} | {r['input']} | {r['precision']} | {r['variant']} | {r['around_model_p50_ms']:.2f} | "
               f"{r['tokenize_p50_ms']:.2f} | {r['route_other_p50_ms']:.2f} | {r['outside_route_p50_ms']:.2f} |"
               for r in rows]
     lines += ["", "From each answer's `Server-Timing` header; medians of each part, so they need not add up."]
@@ -447,10 +448,6 @@ def markdown(rows: list[dict], meta: dict) -> str:
                   "the client are not in these figures; *added by server* above minus *in-process predict - raw* "
                   "is their share."]
     return "\n".join(lines) + "\n"
-
-
-def _input(row: dict) -> str:
-    return row.get("input", f"{SEQ_LEN} tokens")  # results written before inputs were recorded
 
 
 def without_fast_io(work: Path) -> Path:
