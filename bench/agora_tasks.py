@@ -12,7 +12,9 @@ The student (``--student``):
   it isolates what Agora adds;
 - ``extract-mpnet``: all-mpnet-base-v2's layers 0, 4, 8 and 11 (53 M parameters), for tasks whose
   labeller is MPNet (``--set source.model=mpnet``), e.g. RTE;
-- ``pretrain``: run ``bort pretrain`` (3/12/384/1536, the configured budget) in each run folder first.
+- ``pretrain``: run ``bort pretrain`` (3/12/384/1536, the configured budget) in each run folder first;
+- ``--student-dir``: an encoder folder you give, e.g. a `bort run`'s ``pretrain/model`` (the shape its
+  search chose, distilled); run folders get the ``--tag`` as suffix.
 
 The full benchmark is hours of 2-core CPU time::
 
@@ -96,7 +98,7 @@ def run_one(task: str, seed: int, args: argparse.Namespace, student: Path | None
     else:
         overrides += ["pretrain.layers=3", "pretrain.heads=12", "pretrain.hidden=384", "pretrain.intermediate=1536"]
     cfg = C.resolve([args.profile], overrides)
-    suffix = "" if args.student == "extract" else f"-{args.student}"
+    suffix = f"-{args.tag}" if args.student_dir else "" if args.student == "extract" else f"-{args.student}"
     run_dir = RESULTS / "agora_runs" / f"{args.profile}-{task}-seed{seed}{suffix}"
     started = time.time()
     try:
@@ -193,6 +195,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--profile", default="default", help="config profile: default (full data) or quick")
     parser.add_argument("--student", choices=[*STUDENTS, "pretrain"], default="extract")
+    parser.add_argument("--student-dir", default="",
+                        help="an encoder folder as the student (e.g. runs/default/pretrain/model); needs --tag")
     parser.add_argument("--num-threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--set", action="append", default=[], help="extra config override (repeatable)")
     parser.add_argument("--no-ablation", action="store_true",
@@ -226,7 +230,14 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown task(s) {unknown}; choose from {', '.join(TASKS)}")
     student = None
-    if args.student in STUDENTS:
+    if args.student_dir:
+        if not args.tag:
+            parser.error("--student-dir needs --tag (it names the run folders)")
+        student = Path(args.student_dir).resolve()
+        if not (student / "config.json").is_file():
+            parser.error(f"--student-dir {student} holds no config.json: give an encoder folder")
+        args.student = f"folder {student}"
+    elif args.student in STUDENTS:
         source_name, layers, folder = STUDENTS[args.student]
         student = make_student(RESULTS / folder, source_name, layers)
     runs: list[dict[str, Any]] = []
