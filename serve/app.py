@@ -76,14 +76,20 @@ class Engine:
                 return self._predict(items, timings)
             return await self._in_model_thread(items, timings)
         future = loop.create_future()
-        self._pending.append((items, future, timings))
+        entry = (items, future, timings)
+        self._pending.append(entry)
         if self._drainer is None or self._drainer.done():
             if (len(items) <= self.settings.inline_max_texts and len(self._pending) == 1
                     and not self._in_thread):
                 # Alone, and the model idle: give requests that arrived with this one one turn
                 # of the loop to join the queue; still alone, run on the loop itself.
-                await asyncio.sleep(0)
-                if (len(self._pending) == 1 and self._pending[0][1] is future and not self._in_thread
+                try:
+                    await asyncio.sleep(0)
+                except asyncio.CancelledError:  # the client went away: leave nothing queued for it
+                    if entry in self._pending:
+                        self._pending.remove(entry)
+                    raise
+                if (len(self._pending) == 1 and self._pending[0] is entry and not self._in_thread
                         and (self._drainer is None or self._drainer.done())):
                     self._pending.popleft()
                     return self._predict(items, timings)

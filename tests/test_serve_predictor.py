@@ -301,3 +301,24 @@ def test_a_lone_small_merged_request_runs_on_the_loop_and_company_still_merges()
     assert predictor.calls == [1, 3, 2, 1] and seen == ["loop", "model", "model", "model"]
     assert [a[0]["label"] for a in together] == ["x", "y", "z"] and late[0]["label"] == "late"
     engine.close()
+
+
+def test_a_request_cancelled_during_its_one_turn_wait_leaves_nothing_queued():
+    import asyncio
+
+    from serve.app import Engine
+
+    predictor = RecordingPredictor("fp32")
+    engine = Engine(predictor, ServiceSettings(batching="auto"))
+
+    async def run():
+        task = asyncio.ensure_future(engine.classify(["gone"]))
+        await asyncio.sleep(0)  # the request is now in its one-turn wait
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return len(engine._pending), await engine.classify(["next"])
+
+    pending, answer = asyncio.run(run())
+    assert pending == 0 and predictor.calls == [1] and answer[0]["label"] == "next"
+    engine.close()
