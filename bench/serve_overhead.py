@@ -338,6 +338,7 @@ def measure_model(name: str, folder: Path, variants: list[str], rounds: int, n: 
             feeds, bodies, calls = zip(*(_feeds_body(predictor, item) for item in inputs), strict=True)
             lengths = [int(f["input_ids"].shape[1]) for f in feeds]
             assert not fixed or lengths == [SEQ_LEN], lengths
+            label = f"{SEQ_LEN} tokens" if fixed else f"{input_name}, median {int(np.median(lengths))} tokens"
             log_path = Path(tempfile.gettempdir()) / f"bort-bench-{name}-{precision}-{variant}.log"
             with ServerProcess(path, cfg.serve, log_path=log_path, env=env) as server:
                 raw_ms(predictor, feeds, 20)
@@ -360,8 +361,7 @@ def measure_model(name: str, folder: Path, variants: list[str], rounds: int, n: 
                 idle = rss_mb(server.pids())
                 load = load_phase(server, bodies, users=8, seconds=4.0, client_cls=client_cls)
             rows.append(summarise(name, precision, variant, raw, pred, served, idle, load, server.ready_s, paired,
-                                  in_server, f"{input_name}, median {int(np.median(lengths))} tokens" if not fixed
-                                  else f"{SEQ_LEN} tokens"))
+                                  in_server, label))
             log.info("%s", rows[-1])
     return rows
 

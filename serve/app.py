@@ -23,6 +23,7 @@ Cross-request merging would make an answer depend on other clients' traffic.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -86,7 +87,7 @@ class Engine:
                 try:
                     await asyncio.sleep(0)
                 except asyncio.CancelledError:  # the client went away: leave nothing queued for it
-                    if entry in self._pending:
+                    with contextlib.suppress(ValueError):  # already taken by a drainer
                         self._pending.remove(entry)
                     raise
                 if (len(self._pending) == 1 and self._pending[0] is entry and not self._in_thread
