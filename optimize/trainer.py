@@ -4,12 +4,13 @@ AdamW (no weight decay on biases and LayerNorms), linear warm-up then linear dec
 gradient-norm clipping, optional weight clipping (Bort's "compactness"), a step budget **and** a
 time budget, checkpoints that resume exactly, a tqdm bar with loss and tokens/s.
 
-Schedule: the learning rate follows *progress* p = max(step / max_steps, elapsed / time_budget_s),
-linear warm-up over p < warmup_ratio then linear decay to zero at p = 1, and training stops at
-p = 1. So whichever budget binds, the schedule still decays to zero at the end (under a shared,
-varying CPU a step count fixed in advance would stop mid-schedule). Without a time budget the
-run is a pure function of the step, and a resumed run repeats an uninterrupted one exactly; with
-one, where it stops depends on the machine's speed, as it must.
+Schedule: the learning rate follows *progress* p = max(step / max_steps, time fraction), linear
+warm-up over p < warmup_ratio then linear decay to zero at p = 1, and training stops at p = 1. So
+whichever budget binds, the schedule still decays to zero at the end (under a shared, varying CPU
+a step count fixed in advance would stop mid-schedule). The time fraction starts after a short
+grace (:func:`progress`), so a run whose steps fit its time budget is a pure function of the step
+and a resumed run repeats an uninterrupted one exactly; where a run the time budget cuts short
+stops depends on the machine's speed, as it must.
 """
 
 from __future__ import annotations
@@ -58,11 +59,20 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+TIME_GRACE = 0.05  # share of the time budget the time term ignores (first steps, evals)
+
+
 def progress(step: int, elapsed_s: float, spec: TrainSpec) -> float:
-    """How far the run is, in [0, 1]: the larger of its step and time fractions."""
+    """How far the run is, in [0, 1]: the larger of its step fraction and its time fraction.
+
+    The time fraction ignores the budget's first ``TIME_GRACE`` and runs from 0 there to 1 at the
+    limit, so it never passes the step fraction in a run whose steps fit the budget (both are
+    linear in the pace): such a run's schedule is a pure function of the step, the same on any
+    machine fast enough, and the time term only steers a run that would overrun.
+    """
     p = step / spec.max_steps
     if spec.time_budget_s > 0:
-        p = max(p, elapsed_s / spec.time_budget_s)
+        p = max(p, (elapsed_s / spec.time_budget_s - TIME_GRACE) / (1.0 - TIME_GRACE))
     return min(p, 1.0)
 
 

@@ -126,7 +126,11 @@ def test_lr_schedule_warms_up_then_decays_to_zero():
 
 def test_time_budget_drives_progress_and_stops_training(tiny):
     timed = T.TrainSpec(max_steps=1000, lr=1.0, time_budget_s=60.0)
-    assert T.progress(10, 30.0, timed) == 0.5 and T.progress(10, 90.0, timed) == 1.0
+    assert T.progress(10, 30.0, timed) == pytest.approx((0.5 - T.TIME_GRACE) / (1 - T.TIME_GRACE))
+    assert T.progress(10, 60.0, timed) == 1.0 and T.progress(10, 90.0, timed) == 1.0
+    # a run on pace to finish its steps in time is scheduled by the step alone, first steps included
+    on_pace = T.TrainSpec(max_steps=100, lr=1.0, time_budget_s=100.0)
+    assert all(T.progress(s, s * 0.9 + 2.0, on_pace) == s / 100 for s in range(0, 101, 5))
     src, teacher, tokenizer = tiny
     batches = _targets(teacher, tokenizer, TEXTS[:16])
     model = D.Distiller(copy.deepcopy(teacher), teacher.config)
