@@ -96,6 +96,21 @@ def test_representation_loss_falls_over_a_few_steps(tiny):
     assert result.tokens == sum(int(b["attention_mask"].sum()) for b in batches[:-2]) * 25 // 4
 
 
+def test_a_time_budget_that_does_not_bind_leaves_the_run_step_exact(tiny):
+    src, teacher, tokenizer = tiny
+    batches = _targets(teacher, tokenizer, TEXTS)
+
+    def run(time_budget_s: float) -> tuple[T.TrainResult, dict[str, torch.Tensor]]:
+        model = D.Distiller(copy.deepcopy(teacher), teacher.config, seed=0)
+        spec = T.TrainSpec(max_steps=12, lr=1e-3, warmup_ratio=0.25, time_budget_s=time_budget_s, seed=0)
+        return T.train(model, B.ListBatches(batches, seed=0), spec, batches[:1], progress=False), model.state_dict()
+
+    (steps_only, w0), (with_limit, w1) = run(0.0), run(3600.0)
+    assert with_limit.stopped_by == "steps" and with_limit.steps == 12
+    assert [r["lr"] for r in with_limit.history] == [r["lr"] for r in steps_only.history]
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+
+
 def test_mlm_teacher_trains_with_the_bort_loss(tiny):
     from transformers import BertForMaskedLM
 
