@@ -77,6 +77,10 @@ def run(cfg: Any, run_dir: str | Path, args: Any = None) -> Any:
     manifest = write_manifest(run_dir, STAGE, cfg, fingerprint=fingerprint, metrics=metrics,
                               inputs=upstream, started=started)
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # done: only a finished stage reads them
+    if metrics["stopped_by"] == "time":
+        log.warning("pretrain: the %g s time limit stopped training at step %d of %d, so this student depends "
+                    "on the machine's speed; for the configured one raise pretrain.time_budget_s (0: no limit)",
+                    cfg.pretrain.time_budget_s, metrics["steps"], cfg.pretrain.max_steps)
     print(f"pretrain: {arch.label()} ({cfg.pretrain.init}) {metrics['steps']} steps in {metrics['seconds']:.0f} s, "
           f"held-out loss {metrics['heldout_loss']:.4f}, embedding cosine {metrics['embedding_cosine']:.4f}")
     return manifest

@@ -40,6 +40,15 @@ def test_stage_writes_a_loadable_model_curve_and_metrics(tiny_source, tmp_path):
     assert again.created_at == manifest.created_at  # up to date: skipped
 
 
+def test_a_time_limit_that_binds_is_said_in_the_manifest_and_the_log(tiny_source, tmp_path, caplog):
+    cfg = C.resolve(["tiny"], [f"source.model={tiny_source}", *SHAPE, "pretrain.max_steps=1000000",
+                               "pretrain.time_budget_s=1", "pretrain.checkpoint_every=0"])
+    with caplog.at_level("WARNING", logger="optimize.pretrain"):
+        m = pretrain.run(cfg, tmp_path).metrics
+    assert m["stopped_by"] == "time" and 0 < m["steps"] < 1000000
+    assert "time limit stopped training" in caplog.text and "pretrain.time_budget_s" in caplog.text
+
+
 def test_shape_comes_from_the_search_when_not_set(tiny_source, tmp_path):
     cfg = C.resolve(["tiny"], [f"source.model={tiny_source}"])
     with pytest.raises(ArtifactError, match="bort optimize"):
