@@ -68,7 +68,8 @@ def progress(step: int, elapsed_s: float, spec: TrainSpec) -> float:
     The time fraction ignores the budget's first ``TIME_GRACE`` and runs from 0 there to 1 at the
     limit, so it never passes the step fraction in a run whose steps fit the budget (both are
     linear in the pace): such a run's schedule is a pure function of the step, the same on any
-    machine fast enough, and the time term only steers a run that would overrun.
+    machine fast enough, and the time term only steers a run that would overrun. (A run budgeted by
+    time alone, ``max_steps`` out of reach, spends that first share at a learning rate near zero.)
     """
     p = step / spec.max_steps
     if spec.time_budget_s > 0:
