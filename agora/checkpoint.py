@@ -16,7 +16,7 @@ import numpy as np
 
 from agora import train as T
 from bort.artifacts import atomic_write_json, atomic_write_text
-from bort.data import Example
+from bort.task import Example
 
 log = logging.getLogger(__name__)
 

@@ -59,7 +59,7 @@ from agora.checkpoint import LoopState, load_state, save_state
 from agora.guard import Guard, example_key
 from agora.transform import TextTransform
 from bort.config import parse_theta
-from bort.data import Example
+from bort.task import Example
 
 log = logging.getLogger(__name__)
 

@@ -77,7 +77,7 @@ def run(cfg: Any, run_dir: Path, args: Any = None) -> Manifest:
         return read_manifest(run_dir, STAGE)
     out = stage_dir(run_dir, STAGE)
     (out / MANIFEST).unlink(missing_ok=True)  # a half-done rerun must not look finished
-    task = data.prepare(cfg, run_dir)
+    task = data.load_prepared(run_dir)
     guard = Guard(task.test)
     train, dev = guard.filter(task.train, "train"), guard.filter(task.dev, "dev")
     source = F.resolve_source(cfg.source.model)

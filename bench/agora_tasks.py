@@ -103,7 +103,7 @@ def run_one(task: str, seed: int, args: argparse.Namespace, student: Path | None
     started = time.time()
     try:
         if student is None:
-            from optimize import pretrain
+            from pretrain import stage as pretrain
 
             pretrain.run(cfg, run_dir)
         metrics = stage.run(cfg, run_dir).metrics

@@ -64,7 +64,7 @@ def run_init(cfg: Any, init: str, source: F.Source, arch: F.Arch, corpus: tuple[
     """Distil one student with `init` (no checkpoints), as `bort pretrain` does."""
     import dataclasses
 
-    from optimize import pretrain
+    from pretrain import stage as pretrain
 
     cfg = dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, init=init))
     log.info("distilling %s (%s) for %.0f s", arch.label(), init, cfg.pretrain.time_budget_s)
@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from bort import data
+    from bort.corpus import corpus_texts
 
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         task = data.prepare(cfg, Path(tmp))
-    corpus = data.corpus_texts(cfg, task)
+    corpus = corpus_texts(cfg, task)
     source = F.resolve_source(cfg.source.model)
     rng = np.random.default_rng(cfg.seed)
     probe_train = task.train if not args.probe_train_rows else [

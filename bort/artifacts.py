@@ -19,27 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from bort.errors import ArtifactError
+from bort.stages import stage as stage_info
 
 MANIFEST = "manifest.json"
-
-# Which config sections each stage's output depends on, and which stages it reads.
-STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "data": ("task",),
-    "optimize": ("source", "task", "corpus", "optimize", "pretrain"),  # ê uses the pretrain loop settings
-    "pretrain": ("source", "task", "corpus", "pretrain"),
-    "finetune": ("source", "task", "finetune"),
-    "export": ("task", "export"),
-    "loadtest": ("task", "serve", "loadtest"),
-}
-STAGE_COMMAND: dict[str, str] = {
-    "data": "bort data --prepare",
-    "optimize": "bort optimize",
-    "pretrain": "bort pretrain",
-    "finetune": "bort finetune",
-    "export": "bort export",
-    "loadtest": "bort loadtest",
-}
-
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes."""
@@ -156,8 +138,16 @@ def stage_dir(run_dir: str | Path, stage: str) -> Path:
 
 
 def stage_fingerprint(cfg: Any, stage: str, upstream: dict[str, str] | None = None) -> str:
-    """The fingerprint of a stage: its config sections plus its upstream stages' fingerprints."""
-    base = cfg.section_fingerprint(*STAGE_SECTIONS[stage])
+    """The fingerprint of a stage: its config sections plus its upstream stages' fingerprints.
+
+    Raises:
+        ValueError: `upstream` names a stage the stage table does not list as this stage's upstream.
+    """
+    info = stage_info(stage)
+    unknown = set(upstream or {}) - set(info.upstream)
+    if unknown:
+        raise ValueError(f"stage {stage!r} reads no {sorted(unknown)} (its upstream: {list(info.upstream)})")
+    base = cfg.section_fingerprint(*info.sections)
     blob = json.dumps({"config": base, "upstream": upstream or {}}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -222,23 +212,23 @@ def read_manifest(run_dir: str | Path, stage: str, *, verify: bool = True) -> Ma
     path = stage_dir(run_dir, stage) / MANIFEST
     if not path.is_file():
         raise ArtifactError(
-            f"no {stage} artifact in {Path(run_dir)}: run `{STAGE_COMMAND.get(stage, 'bort ' + stage)} "
+            f"no {stage} artifact in {Path(run_dir)}: run `{stage_info(stage).command} "
             f"--run-dir {run_dir}` first"
         )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         manifest = Manifest(**data, path=path)
     except (ValueError, TypeError) as e:
-        raise ArtifactError(f"{path}: unreadable manifest ({e}); rerun `{STAGE_COMMAND[stage]}`") from e
+        raise ArtifactError(f"{path}: unreadable manifest ({e}); rerun `{stage_info(stage).command}`") from e
     if verify:
         for rel, digest in manifest.outputs.items():
             f = path.parent / rel
             if not f.is_file():
-                raise ArtifactError(f"{f} is missing; rerun `{STAGE_COMMAND[stage]} --run-dir {run_dir}`")
+                raise ArtifactError(f"{f} is missing; rerun `{stage_info(stage).command} --run-dir {run_dir}`")
             if sha256_file(f) != digest:
                 raise ArtifactError(
                     f"{f} changed since {stage} wrote it (sha256 mismatch); "
-                    f"rerun `{STAGE_COMMAND[stage]} --run-dir {run_dir}`"
+                    f"rerun `{stage_info(stage).command} --run-dir {run_dir}`"
                 )
     return manifest
 

@@ -100,6 +100,12 @@ class OptimizeConfig:
     error_batch_size: int = 16
     error_seq_len: int = 64
     error_lr: float = 3e-4
+    # The estimate's own training settings (not pretrain.*: the search must not go stale when the
+    # pretraining of the chosen shape changes); defaults equal pretrain's, as the estimate predicts it.
+    error_init: str = "inherit"  # inherit | random
+    error_layer_selection: str = "importance"  # importance | even
+    error_weight_decay: float = 0.01
+    error_grad_clip: float = 1.0
     weight_clip: float = 4.0
     error_time_budget_s: float = 330.0  # 0: no cap; else stop training candidates once spent
     prune_factor: float = 0.5  # 0: off; see optimize/search.py for the pruning rule
@@ -111,7 +117,8 @@ class OptimizeConfig:
 
     def __post_init__(self) -> None:
         choices = {"precision": ("fp32", "int8"), "policy": ("compromise", "latency_budget", "speedup"),
-                   "error_estimator": ("distill", "proxy")}
+                   "error_estimator": ("distill", "proxy"), "error_init": ("inherit", "random"),
+                   "error_layer_selection": ("importance", "even")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"optimize.{key} must be {' or '.join(allowed)}, got {getattr(self, key)!r}")
@@ -122,7 +129,8 @@ class OptimizeConfig:
             if getattr(self, key) < 1:
                 raise ConfigError(f"optimize.{key} must be >= 1, got {getattr(self, key)}")
         for key in ("warmup_runs", "max_measured", "error_steps", "error_time_budget_s", "prune_factor",
-                    "inversion_tolerance", "latency_budget_ms", "speedup_target", "weight_clip"):
+                    "inversion_tolerance", "latency_budget_ms", "speedup_target", "weight_clip",
+                    "error_weight_decay", "error_grad_clip"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"optimize.{key} must be >= 0, got {getattr(self, key)}")
         if self.interval <= 0 or self.error_steps_scale <= 0 or self.error_lr <= 0:

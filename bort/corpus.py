@@ -14,15 +14,13 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from bort.errors import DataError
+from bort.task import TaskData
 from bort.taskfiles import decode_utf8, normalize_text
-
-if TYPE_CHECKING:
-    from bort.data import TaskData
 
 log = logging.getLogger(__name__)
 

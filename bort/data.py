@@ -4,7 +4,7 @@
 splits it seeded and group-aware (:mod:`bort.splits`: identical texts and rows of one group, e.g.
 one film, never straddle splits). :func:`prepare` stores the splits in ``<run>/data/`` with a
 manifest, so every stage sees the same rows; :func:`load_prepared` reads them back, verified.
-:func:`corpus_texts` (from :mod:`bort.corpus`) gives the unlabelled distillation corpus.
+:mod:`bort.task` holds the examples' types; :mod:`bort.corpus` makes the unlabelled distillation corpus.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ import hashlib
 import json
 import logging
 import time
-from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,54 +29,13 @@ from bort.artifacts import (
     stage_fingerprint,
     write_manifest,
 )
-from bort.corpus import corpus_texts  # noqa: F401  (part of this module's API)
 from bort.errors import ArtifactError, DataError
+from bort.task import SPLITS, Example, TaskData
 from bort.taskfiles import read_source, source_files
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "dev", "test")
 STAGE = "data"
-
-
-@dataclass(frozen=True, slots=True)
-class Example:
-    """One labelled example. `label` indexes :attr:`TaskData.labels`; `group` keeps related rows together."""
-
-    text: str
-    label: int
-    text_pair: str | None = None
-    group: str | None = None
-
-
-@dataclass
-class TaskData:
-    """A task's label names and its train / dev / test examples."""
-
-    name: str
-    labels: list[str]
-    train: list[Example]
-    dev: list[Example]
-    test: list[Example]
-
-    @property
-    def is_pair(self) -> bool:
-        """True for text-pair tasks (e.g. entailment)."""
-        return any(e.text_pair is not None for e in (*self.train[:1], *self.dev[:1], *self.test[:1]))
-
-    def split(self, name: str) -> list[Example]:
-        """The examples of split `name` (train, dev or test)."""
-        if name not in SPLITS:
-            raise DataError(f"unknown split {name!r}; expected one of {', '.join(SPLITS)}")
-        return getattr(self, name)
-
-    def balance(self) -> dict[str, dict[str, int]]:
-        """Per split, the number of examples of each label name."""
-        out = {}
-        for name in SPLITS:
-            counts = Counter(e.label for e in self.split(name))
-            out[name] = {label: counts.get(i, 0) for i, label in enumerate(self.labels)}
-        return out
 
 
 def load_task(cfg: Any) -> TaskData:
@@ -205,13 +162,11 @@ def balance_table(task: TaskData) -> str:
     return "\n".join(lines)
 
 
-_prepare = prepare  # `report` has a parameter of that name
-
-
-def report(cfg: Any, run_dir: str | Path, prepare: bool = False) -> int:
-    """``bort data``: print sizes and class balance per split; with `prepare`, store the splits."""
-    task = _prepare(cfg, run_dir) if prepare else load_task(cfg)
+def command(cfg: Any, run_dir: str | Path, args: Any = None) -> int:
+    """``bort data``: print sizes and class balance per split; with ``--prepare``, store the splits."""
+    store = bool(getattr(args, "prepare", False))
+    task = prepare(cfg, run_dir) if store else load_task(cfg)
     print(balance_table(task))
-    if prepare:
+    if store:
         print(f"splits stored in {stage_dir(run_dir, STAGE)}")
     return 0

@@ -41,7 +41,7 @@ def _env() -> dict[str, str]:
 
 def bort_serve_command(run_dir: Path, role: str, port: int, config_file: Path) -> tuple[str, ...]:
     """``python -m bort.cli serve --run-dir R --model role --port P --config file``."""
-    return (sys.executable, "-m", "bort.cli", "serve", "--run-dir", str(Path(run_dir).resolve()),
+    return (sys.executable, "-m", "pipeline.cli", "serve", "--run-dir", str(Path(run_dir).resolve()),
             "--model", role, "--port", str(port), "--config", str(config_file),
             "--set", f"serve.host={HOST}")
 

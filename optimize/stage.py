@@ -4,19 +4,13 @@ Reads like the method (method.md §2): resolve the source and the grid; prepare 
 (the teacher's outputs cached once per corpus); measure latency (cached per hardware
 fingerprint); estimate error per candidate (stored per candidate in the run folder); run the
 FPTAS; write every candidate, the front, the chosen shape, the report, the plot and the manifest.
-A killed run, rerun, continues: nothing measured or trained is done again.
-
-Error steps per candidate: ``optimize.error_steps`` when set, else
-``ceil(error_steps_scale / (epsilon * interval ** 1.5))`` — the paper's per-candidate term
-``1 / (ε · s^{3/2})`` scaled by a constant (defaults: ε 0.1, s 4, scale 8 -> 10 steps).
+A killed run, rerun, continues: nothing measured or trained is done again. The error estimate
+is :mod:`optimize.error`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -30,8 +24,11 @@ from bort.artifacts import (
     stage_fingerprint,
     write_manifest,
 )
+from bort.corpus import corpus_texts
+from bort.data import load_prepared
 from bort.errors import BortError
-from bort.families import Arch, Source, Vocab, count_params, resolve_source
+from bort.families import Vocab, resolve_source
+from optimize.error import error_key, error_steps, make_error_fn
 from optimize.executor import make_executor
 from optimize.grid import make_grid
 from optimize.latency import JsonlStore, LatencyMeter, LatencySettings
@@ -41,91 +38,6 @@ from optimize.timing import EXPORTER
 
 log = logging.getLogger(__name__)
 STAGE = "optimize"
-
-
-def error_steps(opt: Any) -> tuple[int, str]:
-    """Steps per candidate, and the rule that gave them (for the report)."""
-    if opt.error_steps:
-        return opt.error_steps, "optimize.error_steps"
-    steps = math.ceil(opt.error_steps_scale / (opt.epsilon * opt.interval ** 1.5))
-    return steps, (f"ceil({opt.error_steps_scale:g} / (ε={opt.epsilon:g} · s={opt.interval:g}^1.5))")
-
-
-class ProxyError:
-    """Size-only stand-in for ê: log(source encoder params / candidate encoder params).
-
-    For speed-only searches (``optimize.error_estimator=proxy``); it says nothing about accuracy.
-    """
-
-    def __init__(self, source: Source):
-        self.family, self.vocab = source.family, Vocab.from_config(source.config)
-        self.reference = count_params(source.arch, self.family, self.vocab)["effective"]
-
-    def __call__(self, arch: Arch) -> float:
-        return math.log(self.reference / count_params(arch, self.family, self.vocab)["effective"])
-
-
-class DistillError:
-    """ê from the shared distillation loop, :func:`optimize.distill.estimate_error`.
-
-    Holds only picklable state so a process pool (``optimize.workers > 1``) can run it; each
-    process loads the teacher cache once from its file.
-    """
-
-    def __init__(self, cfg: Any, source: Source, texts: tuple[list[str], list[str]], steps: int):
-        self.cfg, self.source, self.texts, self.steps = cfg, source, texts, steps
-        self._cache = None
-
-    def teacher_cache(self) -> Any:
-        if self._cache is None:
-            from bort.assets import cache_dir
-            from optimize.teacher_cache import TeacherCache
-
-            # As many training batches as a candidate takes steps (at least 8); 4 held-out
-            # batches: every candidate is scored on the same ones, so the comparison is paired.
-            self._cache = TeacherCache.for_config(self.cfg, cache_dir() / "teacher", *self.texts,
-                                                  n_batches=min(32, max(8, self.steps)), n_heldout_batches=4)
-        return self._cache
-
-    def __call__(self, arch: Arch) -> float:
-        from optimize import distill
-
-        return float(distill.estimate_error(self.source, arch, self.cfg, self.teacher_cache(), self.steps,
-                                            self.cfg.seed))
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_cache": None}
-
-
-def make_error_fn(cfg: Any, source: Source, run_dir: Path, steps: int) -> Any:
-    """The configured ê; for ``distill``, the corpus is read and the teacher cache built now
-    (before any latency is timed: phases never overlap)."""
-    if cfg.optimize.error_estimator == "proxy":
-        return ProxyError(source)
-    try:
-        from optimize import distill  # noqa: F401 - checked here so a missing module fails early
-        from optimize.teacher_cache import TeacherCache  # noqa: F401
-    except ImportError as e:
-        raise BortError(f"optimize.error_estimator=distill needs optimize.distill ({e}); "
-                        "set optimize.error_estimator=proxy for a speed-only search") from e
-    from bort.corpus import corpus_texts
-    from bort.data import prepare
-
-    texts = corpus_texts(cfg, prepare(cfg, run_dir))
-    fn = DistillError(cfg, source, texts, steps)
-    fn.teacher_cache()
-    return fn
-
-
-def error_key(cfg: Any, steps: int) -> str:
-    """What a stored ê depends on: source, task, corpus, the error settings, the student's init."""
-    opt, pre = cfg.optimize, cfg.pretrain
-    data = {"base": cfg.section_fingerprint("source", "task", "corpus"), "steps": steps,
-            "estimator": opt.error_estimator, "lr": opt.error_lr, "clip": opt.weight_clip,
-            "batch": opt.error_batch_size, "seq": opt.error_seq_len,
-            "init": getattr(pre, "init", None), "layers": getattr(pre, "layer_selection", None),
-            "wd": getattr(pre, "weight_decay", None), "grad_clip": getattr(pre, "grad_clip", None)}
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def search_options(opt: Any) -> SearchOptions:
@@ -158,7 +70,8 @@ def run(cfg: Any, run_dir: str | Path, args: Any = None) -> Manifest:
     steps, rule = error_steps(opt)
     log.info("optimize: %d candidates from grid %r; ê by %s, %d steps", len(archs), opt.grid,
              opt.error_estimator, steps)
-    error_fn = make_error_fn(cfg, source, run_dir, steps)
+    corpus = corpus_texts(cfg, load_prepared(run_dir)) if opt.error_estimator == "distill" else ([], [])
+    error_fn = make_error_fn(cfg, source, corpus, steps)
     meter = LatencyMeter(source.family, LatencySettings.from_config(opt), base_config=source.config,
                          seed=cfg.seed, reference=source.arch)
     executor = make_executor(opt.workers)

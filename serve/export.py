@@ -72,7 +72,7 @@ def load_task(cfg: Any, run_dir: Path) -> Any:
     """The task's labels and dev split (``bort.data``), for the checks."""
     from bort import data
 
-    return data.prepare(cfg, run_dir)
+    return data.load_prepared(run_dir)
 
 
 def role_sources(upstream: Manifest) -> dict[str, tuple[str, Path]]:

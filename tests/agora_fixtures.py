@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bort.data import Example, TaskData
+from bort.task import Example, TaskData
 
 GOOD = ("good", "great", "excellent", "lovely", "wonderful", "brilliant")
 BAD = ("bad", "awful", "poor", "terrible", "boring", "dull")

@@ -122,3 +122,11 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def staged(run, cfg, run_dir, *args):
+    """Run one stage's entry as the CLI does: the task's splits are prepared first, once."""
+    from bort import data
+
+    data.prepare(cfg, run_dir)
+    return run(cfg, run_dir, *args)

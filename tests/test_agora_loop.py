@@ -132,7 +132,7 @@ def test_a_test_text_planted_in_the_dev_mistakes_cannot_reach_training(parts, ti
 
 
 def test_dev_split_is_stratified_disjoint_and_seeded():
-    from bort.data import Example
+    from bort.task import Example
 
     dev = [Example(f"t{i}", i % 3) for i in range(90)] + [Example("lonely", 3)]
     split = loop.dev_split(dev, 0.5, seed=0)

@@ -7,6 +7,7 @@ import json
 
 import pytest
 from agora_fixtures import tiny_task  # noqa: F401  (fixtures)
+from conftest import staged
 
 from agora import stage
 from bort import config as C
@@ -41,7 +42,7 @@ def tiny_stage_cfg(task_csv, tiny_source, *overrides: str):
 def finished(tmp_path_factory, task_csv, tiny_source):
     run_dir = tmp_path_factory.mktemp("run")
     cfg = tiny_stage_cfg(task_csv, tiny_source)
-    return cfg, run_dir, stage.run(cfg, run_dir)
+    return cfg, run_dir, staged(stage.run, cfg, run_dir)
 
 
 def test_stage_writes_three_classifiers_in_hugging_face_layout(finished):
@@ -86,10 +87,10 @@ def test_stage_writes_round_log_plot_and_report(finished):
 
 def test_stage_skips_when_up_to_date_and_caches_labeller_and_plain(finished, task_csv, tiny_source):
     cfg, run_dir, manifest = finished
-    assert stage.run(cfg, run_dir).created_at == manifest.created_at
+    assert staged(stage.run, cfg, run_dir).created_at == manifest.created_at
     other = tiny_stage_cfg(task_csv, tiny_source, 'finetune.thetas=["lr=2e-4"]', "finetune.pruning=paper",
                            "finetune.ablation=true")
-    again = stage.run(other, run_dir)
+    again = staged(stage.run, other, run_dir)
     assert again.fingerprint != manifest.fingerprint
     assert again.metrics["labeller_cached"] and again.metrics["plain_cached"]
     assert again.metrics["accuracy"]["labeller"] == manifest.metrics["accuracy"]["labeller"]
@@ -100,15 +101,15 @@ def test_stage_refuses_agora_when_the_labeller_is_weak(finished, task_csv, tiny_
     _, run_dir, _ = finished
     cfg = tiny_stage_cfg(task_csv, tiny_source, "finetune.labeller_min_dev_accuracy=1.0")
     with pytest.raises(stage.LabellerTooWeakError, match="labeller_min_dev_accuracy"):
-        stage.run(cfg, run_dir)
+        staged(stage.run, cfg, run_dir)
 
 
 def test_stage_names_the_missing_student(tmp_path, task_csv, tiny_source):
     cfg = C.resolve(["tiny"], [f"task.name={task_csv}", f"source.model={tiny_source}"])
     with pytest.raises(ArtifactError, match="bort pretrain.*finetune.student"):
-        stage.run(cfg, tmp_path)
+        staged(stage.run, cfg, tmp_path)
     with pytest.raises(ConfigError, match="finetune.student"):
-        stage.run(tiny_stage_cfg(task_csv, tmp_path), tmp_path)
+        staged(stage.run, tiny_stage_cfg(task_csv, tmp_path), tmp_path)
 
 
 def test_theta_strings_are_validated_with_the_key_named():
@@ -140,7 +141,7 @@ def test_device_is_validated_resolved_and_recorded(finished, task_csv, tiny_sour
         C.resolve([], ["finetune.device=gpu"])
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="finetune.device='cuda:0'.*torch sees 0 CUDA"):
-            stage.run(tiny_stage_cfg(task_csv, tiny_source, "finetune.device=cuda:0"), run_dir)
+            staged(stage.run, tiny_stage_cfg(task_csv, tiny_source, "finetune.device=cuda:0"), run_dir)
         assert T.resolve_device("auto") == torch.device("cpu")
 
 
@@ -174,7 +175,7 @@ def test_stage_on_the_embedded_default(tmp_path, minilm_dir):
     student.save_pretrained(tmp_path / "student", safe_serialization=True)
     F.load_tokenizer(minilm_dir).save_pretrained(tmp_path / "student")
     cfg = C.resolve(["quick"], [f"finetune.student={tmp_path / 'student'}"])
-    m = stage.run(cfg, tmp_path / "run").metrics
+    m = staged(stage.run, cfg, tmp_path / "run").metrics
     assert m["dev_accuracy"]["labeller"] > 2 / 3 and m["accuracy"]["labeller"] > 0.7
     assert m["accuracy"]["plain"] > 0.6 and m["accuracy"]["agora"] > 0.6
     assert m["points_kept"] > 0

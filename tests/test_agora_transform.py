@@ -17,7 +17,7 @@ from agora.transform import (
     split_words,
 )
 from bort import families as F
-from bort.data import Example
+from bort.task import Example
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

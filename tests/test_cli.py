@@ -5,14 +5,15 @@ import sys
 
 import pytest
 
-from bort.cli import STAGES, main
+from bort.stages import STAGES
+from pipeline.cli import main
 
-COMMANDS = [*STAGES, "sources", "data"]
+COMMANDS = [*(s.name for s in STAGES), "run", "sources"]
 
 
 def test_help_imports_no_heavy_library():
     code = (
-        "import sys\nfrom bort.cli import main\n"
+        "import sys\nfrom pipeline.cli import main\n"
         f"for c in {COMMANDS!r}:\n"
         "    try:\n        main([c, '--help'])\n    except SystemExit:\n        pass\n"
         "heavy = [m for m in ('torch', 'transformers', 'onnxruntime', 'bentoml', 'locust') if m in sys.modules]\n"
@@ -31,7 +32,7 @@ def test_every_subcommand_has_help(command, capsys):
 
 
 def test_bad_override_exits_2_with_one_error_line():
-    proc = subprocess.run([sys.executable, "-m", "bort.cli", "optimize", "--set", "optimize.nope=1"],
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "optimize", "--set", "optimize.nope=1"],
                           capture_output=True, text=True)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()

@@ -190,7 +190,7 @@ def test_load_prepared_without_splits_names_the_command(tmp_path):
 
 
 def test_bort_data_prints_sizes_and_balance(tmp_path, capsys):
-    from bort import cli
+    from pipeline import cli
 
     folder = rte_folder(tmp_path / "RTE")
     code = cli.main(["data", "--set", f"task.name={folder}", "--run-dir", str(tmp_path / "run"), "--prepare"])
@@ -200,7 +200,7 @@ def test_bort_data_prints_sizes_and_balance(tmp_path, capsys):
 
 
 def test_bort_data_reports_a_bad_file_in_one_line(tmp_path, capsys):
-    from bort import cli
+    from pipeline import cli
 
     path = write(tmp_path / "bad.csv", "sentence,label\nhello,1\n")
     assert cli.main(["data", "--set", f"task.name={path}"]) == 2

@@ -9,8 +9,8 @@ import pytest
 
 from bort import config as C
 from bort import corpus, data
-from bort.data import Example, TaskData
 from bort.errors import DataError
+from bort.task import Example, TaskData
 
 
 def make_cfg(seed: int = 0, **section) -> C.RunConfig:
@@ -138,7 +138,7 @@ def test_embedded_default_corpus_excludes_every_dev_and_test_text(tmp_path):
     cfg = C.from_dict({"corpus": {"use_gcide": assets.gcide_dict() is not None, "max_texts": 0}})
     task = data.prepare(cfg, tmp_path / "run")
     assert sum(len(task.split(s)) for s in data.SPLITS) == 12808
-    train, heldout = data.corpus_texts(cfg, task)
+    train, heldout = corpus.corpus_texts(cfg, task)
     evaluation = {" ".join(e.text.split()).casefold() for e in task.dev + task.test}
     assert not evaluation & {" ".join(t.split()).casefold() for t in train + heldout}
     assert len(train) + len(heldout) > len({e.text for e in task.train}) - 100
@@ -156,6 +156,14 @@ def test_real_gcide_gives_prose_when_present():
     assert all(len(t.split()) >= corpus.MIN_GCIDE_WORDS and "{" not in t and "\\" not in t for t in texts[:2000])
 
 
-def test_data_module_exposes_corpus_texts():
-    assert data.corpus_texts is corpus.corpus_texts
-    assert Path(corpus.__file__).name == "corpus.py"
+def test_corpus_and_data_do_not_import_each_other():
+    """The corpus needs the task's types (bort.task), not the data stage: no import circle."""
+    import ast
+
+    def imports(module):
+        tree = ast.parse(Path(module.__file__).read_text())
+        return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+            a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+
+    assert "bort.data" not in imports(corpus)
+    assert "bort.corpus" not in imports(data)

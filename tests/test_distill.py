@@ -11,11 +11,12 @@ from conftest import TINY_ARCH
 
 from bort import config as C
 from bort import families as F
-from optimize import batches as B
-from optimize import distill as D
-from optimize import extract as E
-from optimize import trainer as T
-from optimize.teacher_cache import TeacherCache
+from distillation import batches as B
+from distillation import extract as E
+from distillation import losses as D
+from distillation import trainer as T
+from distillation.teacher_cache import TeacherCache
+from optimize.error import estimate_error
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -170,9 +171,9 @@ def test_teacher_cache_round_trips_and_estimate_is_deterministic(tiny, tmp_path)
         assert torch.allclose(full[key], direct[key], atol=5e-3), key  # fp16 storage
     cfg = C.resolve(["tiny"], ["optimize.error_lr=0.001", "optimize.weight_clip=2.0"])
     arch = F.Arch(1, 3, 21, 20)
-    first = D.estimate_error(src, arch, cfg, again, steps=4, seed=1)
+    first = estimate_error(src, arch, cfg.optimize, again, steps=4, seed=1)
     state = torch.get_rng_state()
-    assert D.estimate_error(src.name, arch, cfg, again, steps=4, seed=1) == first
+    assert estimate_error(src.name, arch, cfg.optimize, again, steps=4, seed=1) == first
     assert torch.equal(torch.get_rng_state(), state)  # global RNG untouched
     assert math.isfinite(first) and first > 0
 
@@ -192,5 +193,5 @@ def test_mlm_source_folder_is_distilled_with_the_bort_loss_through_the_cache(tin
     batch = cache.train_batches(seed=0).batch_for(0)
     assert "t.logits" in batch and (batch["labels"] != -100).any()
     cfg = C.resolve(["tiny"], [f"source.model={tmp_path / 'mlm'}"])
-    loss = D.estimate_error(src, F.Arch(1, 3, 21, 20), cfg, cache, steps=2, seed=0)
+    loss = estimate_error(src, F.Arch(1, 3, 21, 20), cfg.optimize, cache, steps=2, seed=0)
     assert math.isfinite(loss) and loss > 0

@@ -8,7 +8,7 @@ from conftest import TINY_ARCH
 
 from bort import families as F
 from bort.errors import ConfigError
-from optimize import extract as E
+from distillation import extract as E
 
 
 def _batches(vocab: int = 1000, seed: int = 0) -> list[dict[str, torch.Tensor]]:

@@ -6,6 +6,7 @@ import json
 import shutil
 
 import pytest
+from conftest import staged
 from loadtest_support import tiny_cfg
 
 from bort import data
@@ -44,7 +45,7 @@ def test_stage_with_each_baseline_through_real_servers(tmp_path, tiny_export_run
     run_dir = tmp_path / "run"
     cfg = tiny_cfg(tmp_path, "loadtest.users=[1]", "loadtest.duration_s=2", f"loadtest.baseline={baseline}")
     data.prepare(cfg, run_dir)
-    manifest = stage.run(cfg, run_dir)
+    manifest = staged(stage.run, cfg, run_dir)
     m = manifest.metrics
     assert m["failures"] == 0 and m["models"]["baseline"]["1"]["requests"] > 5
     assert m["speed_only"]["baseline"] is baseline.startswith("shape:")

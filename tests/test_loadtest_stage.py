@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import staged
 from loadtest_support import STANDIN, tiny_cfg
 
 from bort import artifacts, data
@@ -73,7 +74,7 @@ def standin_serve(monkeypatch, started_services):
 def test_loadtest_writes_the_report_sets_the_slo_exit_code_and_leaves_no_server_behind(tmp_path, standin_serve):
     cfg = tiny_cfg(tmp_path, "loadtest.slo_p95_ms=0.01")  # no server answers in 10 microseconds
     fake_upstream(cfg, tmp_path)
-    assert stage.run(cfg, tmp_path) == report.SLO_EXIT_CODE
+    assert staged(stage.run, cfg, tmp_path) == report.SLO_EXIT_CODE
     out = tmp_path / "loadtest"
     for name in ("report.md", "report.html", "latency.png", "rps.png", "results.json"):
         assert (out / name).is_file(), name
@@ -89,14 +90,14 @@ def test_loadtest_writes_the_report_sets_the_slo_exit_code_and_leaves_no_server_
     assert "source (labeller, ONNX fp32)" in md and "Missed" in md
     assert [r.spec.name for r in standin_serve] == ["baseline", "optimized"]
     assert_none_survives(standin_serve)  # no server process survives the command
-    assert stage.run(cfg, tmp_path) == report.SLO_EXIT_CODE  # up to date: the stored verdict, no new run
+    assert staged(stage.run, cfg, tmp_path) == report.SLO_EXIT_CODE  # up to date: the stored verdict, no new run
     assert len(standin_serve) == 2
 
 
 def test_missing_upstream_names_the_command(tmp_path):
     cfg = tiny_cfg(tmp_path)
     with pytest.raises(artifacts.ArtifactError, match="bort finetune"):
-        stage.run(cfg, tmp_path)
+        staged(stage.run, cfg, tmp_path)
 
 
 @pytest.mark.slow
@@ -109,7 +110,7 @@ def test_real_bort_serve_on_tiny_exports(tmp_path, tiny_export_run, started_serv
     run_dir = tmp_path / "run"
     cfg = tiny_cfg(tmp_path, "loadtest.users=[1]", "loadtest.duration_s=3")
     data.prepare(cfg, run_dir)
-    manifest = stage.run(cfg, run_dir)
+    manifest = staged(stage.run, cfg, run_dir)
     assert manifest.metrics["failures"] == 0
     assert manifest.metrics["models"]["optimized"]["1"]["requests"] > 10
     # bort serve, the BentoML server it starts in a new session, and BentoML's worker (own group)
@@ -138,8 +139,8 @@ def test_embedded_default_minilm_on_rotten_tomatoes(tmp_path, minilm_dir, starte
         families.load_tokenizer(minilm_dir).save_pretrained(tmp_path / "finetune" / "models" / name)
     artifacts.write_manifest(tmp_path, "finetune", cfg, fingerprint="ft",
                              metrics={"deploy": "agora", "accuracy": {"labeller": 0.5, "agora": 0.5}})
-    export.run(cfg, tmp_path)
-    manifest = stage.run(cfg, tmp_path)
+    staged(export.run, cfg, tmp_path)
+    manifest = staged(stage.run, cfg, tmp_path)
     m = manifest.metrics
     assert m["failures"] == 0
     assert all(m["models"][role][users]["requests"] > 10 for role in ("baseline", "optimized") for users in ("1", "2"))

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from conftest import staged
 
 from bort import config
 from bort.artifacts import read_manifest
@@ -29,7 +30,7 @@ def tiny_cfg(tiny_source, *extra):
 def test_stage_writes_every_output_and_resumes_without_remeasuring(tmp_path, tiny_source, isolated_latency_cache):
     run_dir = tmp_path / "run"
     cfg = tiny_cfg(tiny_source, "optimize.error_estimator=proxy")
-    manifest = stage.run(cfg, run_dir)
+    manifest = staged(stage.run, cfg, run_dir)
     out = run_dir / "optimize"
     for name in ("candidates.csv", "candidates.json", "front.json", "chosen.json", "report.md", "pareto.png",
                  "abnc.json", "errors.jsonl"):
@@ -45,8 +46,8 @@ def test_stage_writes_every_output_and_resumes_without_remeasuring(tmp_path, tin
     assert "## ABnC checks" in (out / "report.md").read_text()
     assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
 
-    assert stage.run(cfg, run_dir).created_at == manifest.created_at  # up to date: skipped
-    changed = stage.run(tiny_cfg(tiny_source, "optimize.error_estimator=proxy", "optimize.weights=[0,0,1]"), run_dir)
+    assert staged(stage.run, cfg, run_dir).created_at == manifest.created_at  # up to date: skipped
+    changed = staged(stage.run, tiny_cfg(tiny_source, "optimize.error_estimator=proxy", "optimize.weights=[0,0,1]"), run_dir)
     assert changed.metrics["new_latency_measurements"] == 0
     assert changed.metrics["chosen"] == "2/3/33/37"  # error only: the source itself (proxy error 0)
 
@@ -56,7 +57,7 @@ def test_unsatisfiable_budget_fails_with_one_line_after_writing_the_figures(tmp_
     cfg = tiny_cfg(tiny_source, "optimize.error_estimator=proxy", "optimize.policy=latency_budget",
                    "optimize.latency_budget_ms=0.0000001")
     with pytest.raises(BortError, match="latency_budget_ms"):
-        stage.run(cfg, tmp_path / "run")
+        staged(stage.run, cfg, tmp_path / "run")
     assert (tmp_path / "run" / "optimize" / "candidates.csv").is_file()
     with pytest.raises(BortError, match="bort optimize"):
         read_manifest(tmp_path / "run", "optimize")
@@ -65,7 +66,7 @@ def test_unsatisfiable_budget_fails_with_one_line_after_writing_the_figures(tmp_
 @pytest.mark.slow
 def test_stage_with_distillation_errors_on_the_tiny_source(tmp_path, tiny_source, isolated_latency_cache):
     run_dir = tmp_path / "run"
-    manifest = stage.run(tiny_cfg(tiny_source), run_dir)
+    manifest = staged(stage.run, tiny_cfg(tiny_source), run_dir)
     assert manifest.metrics["error_estimator"] == "distill"
     stored = [json.loads(line) for line in (run_dir / "optimize" / "errors.jsonl").read_text().splitlines()]
     assert len(stored) == manifest.metrics["n_trained"] >= 1
@@ -76,7 +77,7 @@ def test_stage_with_distillation_errors_on_the_tiny_source(tmp_path, tiny_source
 @pytest.mark.integration
 def test_quick_profile_on_the_embedded_default(tmp_path):
     cfg = config.resolve(["quick"])
-    manifest = stage.run(cfg, tmp_path / "run")
+    manifest = staged(stage.run, cfg, tmp_path / "run")
     m = manifest.metrics
     assert m["n_candidates"] == 8 and m["chosen"] and m["source_latency_ms"] > 0
     chosen = json.loads((tmp_path / "run" / "optimize" / "chosen.json").read_text())

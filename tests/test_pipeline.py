@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from bort import pipeline
+from pipeline import run as pipeline
 
 
 def _start(run_dir: Path, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "bort.cli", "run", "--profile", "quick", "--run-dir", str(run_dir),
+    cmd = [sys.executable, "-m", "pipeline.cli", "run", "--profile", "quick", "--run-dir", str(run_dir),
            "--set", "pretrain.checkpoint_every=2", "--set", "pretrain.max_steps=40",
            "--set", "pretrain.time_budget_s=600"]
     return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
@@ -73,4 +73,4 @@ def test_interrupted_run_redoes_neither_search_nor_finished_pretraining(tmp_path
 
 
 def test_pipeline_order_is_the_product_order():
-    assert [stage for stage, _ in pipeline.PIPELINE] == ["optimize", "pretrain", "finetune", "export", "loadtest"]
+    assert [stage.name for stage in pipeline.PIPELINE] == ["optimize", "pretrain", "finetune", "export", "loadtest"]

@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, staged
 
 from bort import config as C
 from bort.artifacts import read_manifest
-from optimize import pretrain
+from pretrain import stage as pretrain
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -35,7 +35,7 @@ def _loss_rows(run_dir: Path) -> list[dict[str, str]]:
 
 
 def _kill_after_first_checkpoint(run_dir: Path, source: Path) -> int:
-    cmd = [sys.executable, "-m", "bort.cli", "pretrain", "--profile", "tiny", "--run-dir", str(run_dir)]
+    cmd = [sys.executable, "-m", "pipeline.cli", "pretrain", "--profile", "tiny", "--run-dir", str(run_dir)]
     for item in _overrides(source):
         cmd += ["--set", item]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -66,10 +66,10 @@ def test_killed_pretraining_resumes_to_the_same_final_loss(tiny_source, tmp_path
     assert 0 < stopped_at < 30
 
     cfg = C.resolve(["tiny"], _overrides(tiny_source))
-    with caplog.at_level(logging.INFO, logger="optimize.checkpoint"):
-        resumed = pretrain.run(cfg, killed_dir)
+    with caplog.at_level(logging.INFO, logger="distillation.checkpoint"):
+        resumed = staged(pretrain.run, cfg, killed_dir)
     assert f"step {stopped_at})" in caplog.text  # it continued, it did not start over
-    clean = pretrain.run(cfg, clean_dir)
+    clean = staged(pretrain.run, cfg, clean_dir)
 
     assert resumed.metrics["steps"] == clean.metrics["steps"] == 30
     assert resumed.metrics["tokens"] == clean.metrics["tokens"]

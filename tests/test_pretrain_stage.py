@@ -5,12 +5,13 @@ from __future__ import annotations
 import csv
 
 import pytest
+from conftest import staged
 
 from bort import config as C
 from bort import families as F
 from bort.artifacts import atomic_write_json, write_manifest
 from bort.errors import ArtifactError, ConfigError
-from optimize import pretrain
+from pretrain import stage as pretrain
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -20,7 +21,7 @@ SHAPE = ["pretrain.layers=1", "pretrain.heads=3", "pretrain.hidden=21", "pretrai
 
 def test_stage_writes_a_loadable_model_curve_and_metrics(tiny_source, tmp_path):
     cfg = C.resolve(["tiny"], [f"source.model={tiny_source}", *SHAPE])
-    manifest = pretrain.run(cfg, tmp_path)
+    manifest = staged(pretrain.run, cfg, tmp_path)
     m = manifest.metrics
     assert m["steps"] == 8 and m["init"] == "inherit" and m["shape"] == "1/3/21/20"
     assert m["tokens"] > 0 and m["loss"] == "representation"
@@ -36,15 +37,15 @@ def test_stage_writes_a_loadable_model_curve_and_metrics(tiny_source, tmp_path):
     assert rows[3]["heldout_loss"] and not rows[2]["heldout_loss"]
     assert (tmp_path / "pretrain" / "loss.png").stat().st_size > 1000
     assert not (tmp_path / "pretrain" / "checkpoints").exists()  # finished: checkpoints removed
-    again = pretrain.run(cfg, tmp_path)
+    again = staged(pretrain.run, cfg, tmp_path)
     assert again.created_at == manifest.created_at  # up to date: skipped
 
 
 def test_a_time_limit_that_binds_is_said_in_the_manifest_and_the_log(tiny_source, tmp_path, caplog):
     cfg = C.resolve(["tiny"], [f"source.model={tiny_source}", *SHAPE, "pretrain.max_steps=1000000",
                                "pretrain.time_budget_s=1", "pretrain.checkpoint_every=0"])
-    with caplog.at_level("WARNING", logger="optimize.pretrain"):
-        m = pretrain.run(cfg, tmp_path).metrics
+    with caplog.at_level("WARNING", logger="pretrain.stage"):
+        m = staged(pretrain.run, cfg, tmp_path).metrics
     assert m["stopped_by"] == "time" and 0 < m["steps"] < 1000000
     assert "time limit stopped training" in caplog.text and "pretrain.time_budget_s" in caplog.text
 
@@ -75,7 +76,7 @@ def test_pretrain_on_the_embedded_default_keeps_the_teacher_close(tmp_path):
     """MiniLM -> 3/12/384/1536 on Rotten Tomatoes text, quick budget: the student stays near the teacher."""
     cfg = C.resolve(["quick"], ["pretrain.layers=3", "pretrain.heads=12", "pretrain.hidden=384",
                                 "pretrain.intermediate=1536", "pretrain.time_budget_s=60"])
-    m = pretrain.run(cfg, tmp_path).metrics
+    m = staged(pretrain.run, cfg, tmp_path).metrics
     assert m["embedding_cosine"] > 0.8
     first = float(next(csv.DictReader(open(tmp_path / "pretrain" / "loss.csv")))["loss"])
     assert m["heldout_loss"] < first

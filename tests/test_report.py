@@ -4,7 +4,7 @@ import json
 
 from bort import artifacts as A
 from bort import config as C
-from bort import report as R
+from pipeline import report as R
 
 METRICS = {
     "optimize": {"n_candidates": 24, "front_size": 5, "chosen": "3/6/384/768", "chosen_params_net": 15_000_000,

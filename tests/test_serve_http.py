@@ -32,7 +32,7 @@ def server(tiny_export_run, tmp_path_factory):
     """`bort serve` as a user runs it; SIGTERM at the end must take every server process with it."""
     port = free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
-    cmd = [sys.executable, "-m", "bort.cli", "serve", "--profile", "tiny", "--run-dir", str(tiny_export_run),
+    cmd = [sys.executable, "-m", "pipeline.cli", "serve", "--profile", "tiny", "--run-dir", str(tiny_export_run),
            "--port", str(port), *(f"--set={item}" for item in LIMITS)]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True,

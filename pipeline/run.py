@@ -1,4 +1,4 @@
-"""`bort run`: optimize -> pretrain -> finetune -> export -> loadtest, then one report.
+"""`bort run`: every stage of :data:`bort.stages.PIPELINE` in order, then one report.
 
 Each stage skips itself when its artifact is up to date for the same config, so a rerun after an
 interruption continues where the last one stopped (pretraining also resumes mid-stage from its
@@ -7,7 +7,6 @@ checkpoints).
 
 from __future__ import annotations
 
-import importlib
 import logging
 import time
 from dataclasses import dataclass
@@ -16,17 +15,10 @@ from typing import Any
 
 from bort.artifacts import atomic_write_json, read_manifest
 from bort.errors import BortError
+from bort.stages import PIPELINE, Stage
+from pipeline.cli import entry_point
 
 log = logging.getLogger(__name__)
-
-# (stage, module with `run(cfg, run_dir, args)`)
-PIPELINE: tuple[tuple[str, str], ...] = (
-    ("optimize", "optimize.stage"),
-    ("pretrain", "optimize.pretrain"),
-    ("finetune", "agora.stage"),
-    ("export", "serve.export"),
-    ("loadtest", "loadtest.stage"),
-)
 
 
 @dataclass
@@ -46,29 +38,23 @@ def _manifest_stamp(run_dir: Path, stage: str) -> tuple[str, str] | None:
     return m.fingerprint, m.created_at
 
 
-def run_stage(cfg: Any, run_dir: Path, stage: str, module_name: str) -> StageTiming:
+def run_stage(cfg: Any, run_dir: Path, stage: Stage) -> StageTiming:
     """Run one stage (it skips itself when up to date); time it; pass on a non-zero exit code."""
-    before = _manifest_stamp(run_dir, stage)
+    before = _manifest_stamp(run_dir, stage.name)
     start = time.time()
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name != module_name:
-            raise
-        log.warning("stage %s is not implemented in this version; skipped", stage)
-        return StageTiming(stage, 0.0, True)
-    result = module.run(cfg, run_dir, None)
+    result = entry_point(stage)(cfg, run_dir, None)
     seconds = time.time() - start
-    skipped = before is not None and before == _manifest_stamp(run_dir, stage)
+    skipped = before is not None and before == _manifest_stamp(run_dir, stage.name)
     code = result if isinstance(result, int) else 0
-    return StageTiming(stage, round(seconds, 1), skipped, code)
+    return StageTiming(stage.name, round(seconds, 1), skipped, code)
 
 
 def run(cfg: Any, run_dir: Path, args: Any = None) -> int:
     """The whole pipeline on `cfg`, into `run_dir`; writes run_dir/report.{md,html,json}."""
     from tqdm import tqdm
 
-    from bort import data, report
+    from bort import data
+    from pipeline import report
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -77,11 +63,11 @@ def run(cfg: Any, run_dir: Path, args: Any = None) -> int:
     timings: list[StageTiming] = []
     exit_code = 0
     bar = tqdm(PIPELINE, desc="bort run", unit="stage", bar_format="{l_bar}{bar}| {n}/{total} [{elapsed}]")
-    for stage, module_name in bar:
-        bar.set_description(f"bort run: {stage}")
-        timing = run_stage(cfg, run_dir, stage, module_name)
+    for stage in bar:
+        bar.set_description(f"bort run: {stage.name}")
+        timing = run_stage(cfg, run_dir, stage)
         timings.append(timing)
-        bar.write(f"  {stage:9} {'skipped (up to date)' if timing.skipped else f'{timing.seconds:7.1f} s'}")
+        bar.write(f"  {stage.name:9} {'skipped (up to date)' if timing.skipped else f'{timing.seconds:7.1f} s'}")
         exit_code = exit_code or timing.exit_code
     total = round(time.time() - started, 1)
     atomic_write_json(run_dir / "timings.json", {"total_s": total, "stages": [t.__dict__ for t in timings]})

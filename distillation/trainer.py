@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import torch
 
-from optimize import checkpoint as C
+from distillation import checkpoint as C
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def _resume(folder: Path | None, model: torch.nn.Module, opt: torch.optim.Optimi
 
 def train(model: torch.nn.Module, source: BatchSource, spec: TrainSpec, heldout: list[dict[str, torch.Tensor]],
           folder: str | Path | None = None, key: str = "", progress: bool = True) -> TrainResult:
-    """Train `model` (a :class:`~optimize.distill.Distiller`) on `source` until the step or time budget.
+    """Train `model` (a :class:`~distillation.losses.Distiller`) on `source` until the step or time budget.
 
     Args:
         folder: checkpoint folder; when it holds a checkpoint with the same `key`, training resumes

@@ -26,8 +26,9 @@ from safetensors.torch import load_file, save_file
 
 from bort import families as F
 from bort.artifacts import sha256_file
-from optimize import batches as B
-from optimize import distill, extract
+from distillation import batches as B
+from distillation import extract
+from distillation import losses as distill
 
 log = logging.getLogger(__name__)
 FORMAT = 1
@@ -167,11 +168,3 @@ class TeacherCache:
         log.info("teacher cache: %d train + %d held-out batches stored in %s", len(cache.train),
                  len(cache.heldout), path)
         return cache
-
-    @classmethod
-    def for_config(cls, cfg: Any, folder: str | Path, train_texts: list[str], heldout_texts: list[str],
-                   n_batches: int = 32, n_heldout_batches: int = 8) -> TeacherCache:
-        """The cache the search uses: ``cfg.source.model`` at ``optimize.error_batch_size``/``error_seq_len``."""
-        return cls.load_or_build(folder, F.resolve_source(cfg.source.model), train_texts, heldout_texts,
-                                 seq_len=cfg.optimize.error_seq_len, batch_size=cfg.optimize.error_batch_size,
-                                 n_batches=n_batches, n_heldout_batches=n_heldout_batches, seed=cfg.seed)

@@ -2,7 +2,7 @@
 function of (seed, step), so a resumed run sees exactly the batches an uninterrupted one would.
 
 Each batch is a dict: ``input_ids`` and ``attention_mask`` (B, S) plus the teacher's targets
-(``t.*``, see :func:`optimize.distill.teacher_targets`); with an MLM teacher also ``labels``.
+(``t.*``, see :func:`distillation.losses.teacher_targets`); with an MLM teacher also ``labels``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from optimize import distill
+from distillation import losses as distill
 
 Batch = dict[str, torch.Tensor]
 HELDOUT_STEP = 1 << 40  # masking "step" of the i-th held-out batch is HELDOUT_STEP + i: never a training step

@@ -32,10 +32,12 @@ from bort.artifacts import (
     stage_fingerprint,
     write_manifest,
 )
+from bort.corpus import corpus_texts
 from bort.errors import ArtifactError
-from optimize import batches as B
-from optimize import distill, extract, trainer
-from optimize.teacher_cache import load_teacher
+from distillation import batches as B
+from distillation import extract, trainer
+from distillation import losses as distill
+from distillation.teacher_cache import load_teacher
 
 log = logging.getLogger(__name__)
 STAGE = "pretrain"
@@ -60,7 +62,7 @@ def run(cfg: Any, run_dir: str | Path, args: Any = None) -> Any:
 
     started, run_dir = time.time(), Path(run_dir)
     arch, upstream = target_arch(cfg, run_dir)
-    task = data.prepare(cfg, run_dir)
+    task = data.load_prepared(run_dir)
     upstream["data"] = read_manifest(run_dir, "data").fingerprint
     fingerprint = stage_fingerprint(cfg, STAGE, upstream=upstream)
     if is_up_to_date(run_dir, STAGE, fingerprint):
@@ -69,7 +71,7 @@ def run(cfg: Any, run_dir: str | Path, args: Any = None) -> Any:
     folder = stage_dir(run_dir, STAGE)
     (folder / "manifest.json").unlink(missing_ok=True)  # a half-rewritten folder must not look current
     source = F.resolve_source(cfg.source.model)
-    train_texts, heldout_texts = data.corpus_texts(cfg, task)
+    train_texts, heldout_texts = corpus_texts(cfg, task)
     outcome = distil(cfg, source, arch, train_texts, heldout_texts, folder / "checkpoints", key=fingerprint)
     save_model(outcome, source, folder / "model")
     write_curve(outcome.result.history, folder)

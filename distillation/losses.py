@@ -1,4 +1,4 @@
-"""Distillation losses and the search's error estimate: one implementation for pretraining and search.
+"""Distillation losses: one implementation for pretraining (``bort pretrain``) and the search's error estimate.
 
 Two losses, chosen by the teacher:
 
@@ -175,45 +175,6 @@ def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, special_i
     random_ids = torch.randint(vocab_size, input_ids.shape, generator=generator)
     ids = torch.where(picked & (roll >= 0.8) & (roll < 0.9), random_ids, ids)
     return ids, labels
-
-
-def estimate_error(source: Any, arch: Any, cfg: Any, teacher_cache: Any, steps: int, seed: int) -> float:
-    """The search's ê(ξ): distil a student at `arch` for `steps` on the cached teacher batches.
-
-    Initialisation follows ``cfg.pretrain.init`` (inherit by default); lr ``cfg.optimize.error_lr``,
-    weight clipping ``cfg.optimize.weight_clip``; batches come from `teacher_cache` (built with
-    ``cfg.optimize.error_batch_size`` / ``error_seq_len``). Global torch RNG state is left as it was.
-
-    Args:
-        source: a :class:`bort.families.Source` or its spec (``minilm``, a folder).
-        arch: the candidate :class:`bort.families.Arch`.
-        cfg: the RunConfig.
-        teacher_cache: a :class:`optimize.teacher_cache.TeacherCache` for this source.
-        steps: optimiser steps.
-        seed: seeds the student's initialisation, data order and dropout.
-
-    Returns:
-        Held-out distillation loss after training (lower is better).
-    """
-    from optimize import trainer
-    from optimize.extract import build_student
-
-    src = teacher_cache.source
-    name = getattr(source, "name", source)
-    if name != src.name:
-        raise ValueError(f"teacher cache was built for source {src.name!r}, not {name!r}")
-    teacher = teacher_cache.teacher()
-    init = cfg.pretrain.init
-    student, _ = build_student(src, teacher, arch, init, teacher_cache.importance, seed, cfg.pretrain.layer_selection)
-    channels = teacher_cache.channel_index(arch.hidden) if init == "inherit" else None
-    distiller = Distiller(student, teacher.config, channel_index=channels, seed=seed)
-    spec = trainer.TrainSpec(max_steps=steps, lr=cfg.optimize.error_lr, weight_decay=cfg.pretrain.weight_decay,
-                             warmup_ratio=0.1, grad_clip=cfg.pretrain.grad_clip,
-                             weight_clip=cfg.optimize.weight_clip, seed=seed)
-    with torch.random.fork_rng(devices=[]):
-        result = trainer.train(distiller, teacher_cache.train_batches(seed), spec,
-                               heldout=teacher_cache.heldout_batches(), progress=False)
-    return float(result.heldout_loss)
 
 
 @torch.inference_mode()
