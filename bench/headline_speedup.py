@@ -98,8 +98,7 @@ def shape_plans(cfg: Any, labels: list[str], config_file: Path, work: Path, base
     for name, shape in (("large", baseline_shape), ("bort", bort_shape)):
         for precision in ("fp32", "int8"):
             role = f"{name}_{precision}"
-            plans.append(services.shape_plan(shape, precision, labels, cfg, work / f"serve_{role}", port,
-                                             config_file, timeout, role=role))
+            plans.append(services.shape_plan(shape, precision, labels, cfg, port, config_file, timeout, role=role))
     return plans
 
 
@@ -123,7 +122,7 @@ def real_plans(cfg: Any, run_dir: Path, config_file: Path, work: Path) -> list[M
             served = ((roles.get(role) or {}).get("test_accuracy") or {}).get(precision)
             accuracy, note = ((served, f"test accuracy of this ONNX {precision} file") if served is not None
                               else (pytorch, "test accuracy of the PyTorch model (fp32)"))
-            spec = services.folder_spec(key, folder, work / f"serve_{key}", cfg, port, config_file, timeout)
+            spec = services.folder_spec(key, folder, port, config_file, timeout)
             plans.append(ModelPlan(role=key, spec=spec, label=f"{label}, ONNX {precision}", accuracy=accuracy,
                                    accuracy_note=note))
     return plans

@@ -60,6 +60,7 @@ from serve_stacks import framework_overhead  # noqa: E402  (this folder)
 
 from bort import config  # noqa: E402
 from bort.artifacts import atomic_write_json, atomic_write_text, cpu_info, library_versions  # noqa: E402
+from runtime import recipe  # noqa: E402
 from serve import onnx_export as X  # noqa: E402
 from serve.predictor import Predictor  # noqa: E402
 from serve.server import ServerProcess  # noqa: E402
@@ -89,7 +90,7 @@ def build_models(work: Path, which: list[str]) -> dict[str, Path]:
 
     minilm = assets.model_dir("minilm")
     tokenizer = F.load_tokenizer(minilm)
-    target, _ = X.quantization_target()
+    target, _ = recipe.quantization_target()
     out = {}
     for name in which:
         root = work / name
@@ -107,8 +108,8 @@ def build_models(work: Path, which: list[str]) -> dict[str, Path]:
                 F.hf_config(arch, "bert", num_labels=2, id2label=labels))
         model.eval().save_pretrained(source, safe_serialization=True)
         tokenizer.save_pretrained(source)
-        X.export_fp32(source, root / "fp32")
-        X.quantize_int8(root / "fp32", root / "int8", target, optimized_graph=False)
+        recipe.export_fp32(source, root / "fp32")
+        recipe.quantize_int8(root / "fp32", root / "int8", target, optimized_graph=False)
         for precision in ("fp32", "int8"):
             X.write_serving(root / precision, labels=list(labels.values()), is_pair=False, precision=precision,
                             name=f"{name}:{precision}", max_seq_len=512)

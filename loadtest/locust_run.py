@@ -11,7 +11,6 @@ import contextlib
 import logging
 import os
 import resource
-import signal
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bort.errors import BortError
-from loadtest.servers import HOST, group_members
+from bort.processes import HOST, kill_group, spawn
 
 log = logging.getLogger(__name__)
 
@@ -87,15 +86,6 @@ def locust_command(port: int, profile: Profile, prefix: Path, *, role: str = "lo
     return cmd
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None and not group_members(proc.pid):
-        return  # finished and nothing left in its group
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=10)
-
-
 def _children_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -130,19 +120,17 @@ def run_locust(port: int, profile: Profile, texts_file: Path, prefix: Path,
     clear_outputs(prefix)
     cmd = locust_command(port, profile, prefix)
     env = {**os.environ, **locust_env(profile, texts_file, prefix)}
-    preexec = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
     log_path = Path(f"{prefix}_locust.log")
     cpu0, t0 = _children_cpu_s(), time.monotonic()
     with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True, preexec_fn=preexec)
+        proc = spawn(cmd, log_file, env, cpus=cpus)
         try:
             proc.wait(timeout=profile.run_time_s + profile.grace_s)
         except subprocess.TimeoutExpired as e:
             raise BortError(f"Locust did not finish within {profile.run_time_s + profile.grace_s:.0f} s "
                             f"(run time {profile.run_time_s} s); log: {log_path}") from e
         finally:
-            _kill_group(proc)  # the group, whatever happened: nothing of Locust outlives this call
+            kill_group(proc)  # the group, whatever happened: nothing of Locust outlives this call
     result = LocustResult(prefix=prefix, returncode=proc.returncode, wall_s=time.monotonic() - t0,
                           cpu_s=_children_cpu_s() - cpu0, command=cmd)
     if proc.returncode not in (0, 1) or not Path(f"{prefix}_stats.csv").is_file():
@@ -172,10 +160,8 @@ def run_distributed(port: int, profile: Profile, texts_file: Path, prefix: Path,
     t0 = time.monotonic()
     try:
         with open(f"{prefix}_locust.log", "wb") as log_file:
-            procs.append(subprocess.Popen(master_cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env,
-                                          start_new_session=True))
-            procs += [subprocess.Popen(worker_cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env,
-                                       start_new_session=True) for _ in range(workers)]
+            procs.append(spawn(master_cmd, log_file, env))
+            procs += [spawn(worker_cmd, log_file, env) for _ in range(workers)]
             try:
                 procs[0].wait(timeout=profile.run_time_s + profile.grace_s + 30)  # + waiting for workers
             except subprocess.TimeoutExpired as e:
@@ -185,7 +171,7 @@ def run_distributed(port: int, profile: Profile, texts_file: Path, prefix: Path,
                     worker.wait(timeout=15)
     finally:
         for proc in procs:
-            _kill_group(proc)
+            kill_group(proc)
     if not Path(f"{prefix}_stats.csv").is_file():
         raise BortError(f"Locust master wrote no statistics (exit code {procs[0].returncode}); "
                         f"log: {prefix}_locust.log")

@@ -15,9 +15,9 @@ from typing import Any
 from tqdm import tqdm
 
 from bort.artifacts import cpu_info
+from bort.processes import ServiceSpec, serving
 from loadtest import report
 from loadtest.locust_run import Profile, run_locust
-from loadtest.servers import ServiceSpec, serving
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,8 @@
 """How ``bort loadtest`` starts each service, and what the upstream manifests say about its accuracy.
 
-Every ONNX model is served by ``bort serve`` as a subprocess (the same code users deploy). ``bort
-serve`` serves the folder a run's ``export/deployed.json`` names for a role; to serve another
-folder (the labeller's fp32 export, an architecture-only model) we give it a small *serving run
-folder* whose export manifest and ``deployed.json`` name that folder, and nothing else.
+Every ONNX model is served by ``bort serve`` as a subprocess (the same code users deploy): the
+optimised model as the run's deployed export (``--run-dir R --model optimized``), any other
+exported folder (the labeller's fp32 export, an architecture-only model) with ``--model-dir``.
 """
 
 from __future__ import annotations
@@ -15,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from bort import families as F
-from bort.artifacts import Manifest, atomic_write_json, atomic_write_text, write_manifest
+from bort.artifacts import Manifest, atomic_write_text
 from bort.errors import ArtifactError
+from bort.processes import HOST, ServiceSpec
 from loadtest.measure import ModelPlan
-from loadtest.servers import HOST, ServiceSpec
 
 ROOT = Path(__file__).resolve().parent.parent  # the project folder (holds bort/, serve/, loadtest/)
+PORT_HINT = "stop it or choose another with --set loadtest.port=N"
 
 
 def write_config(cfg: Any, path: Path) -> Path:
@@ -39,38 +39,29 @@ def _env() -> dict[str, str]:
             "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
 
 
-def bort_serve_command(run_dir: Path, role: str, port: int, config_file: Path) -> tuple[str, ...]:
-    """``python -m bort.cli serve --run-dir R --model role --port P --config file``."""
-    return (sys.executable, "-m", "pipeline.cli", "serve", "--run-dir", str(Path(run_dir).resolve()),
-            "--model", role, "--port", str(port), "--config", str(config_file),
-            "--set", f"serve.host={HOST}")
+def bort_serve_command(port: int, config_file: Path, run_dir: Path | None = None, role: str = "optimized",
+                       model_dir: Path | None = None) -> tuple[str, ...]:
+    """``bort serve`` on 127.0.0.1:`port` with the run's config: for `model_dir` when given
+    (``--model-dir``), else for `role` of `run_dir`'s export (``--run-dir R --model role``)."""
+    command = [sys.executable, "-m", "pipeline.cli", "serve", "--port", str(port), "--config", str(config_file),
+               "--set", f"serve.host={HOST}"]
+    if model_dir is not None:
+        return (*command, "--model-dir", str(Path(model_dir).resolve()))
+    return (*command, "--run-dir", str(Path(run_dir).resolve()), "--model", role)
 
 
-def bort_serve_spec(name: str, run_dir: Path, role: str, port: int, config_file: Path,
-                    start_timeout_s: float) -> ServiceSpec:
-    """A ``bort serve`` service for `role` of `run_dir`'s export."""
-    return ServiceSpec(name=name, command=bort_serve_command(run_dir, role, port, config_file), port=port,
-                       env=_env(), start_timeout_s=start_timeout_s, cwd=str(ROOT))
+def bort_serve_spec(name: str, port: int, config_file: Path, start_timeout_s: float, run_dir: Path | None = None,
+                    role: str = "optimized", model_dir: Path | None = None) -> ServiceSpec:
+    """A ``bort serve`` service (see :func:`bort_serve_command`)."""
+    return ServiceSpec(name=name, command=bort_serve_command(port, config_file, run_dir, role, model_dir),
+                       port=port, env=_env(), start_timeout_s=start_timeout_s, cwd=str(ROOT), port_hint=PORT_HINT)
 
 
-def serving_run_dir(folder: Path, where: Path, cfg: Any) -> Path:
-    """A run folder whose export names `folder` for both roles, so ``bort serve`` serves it."""
-    serving = json.loads((folder / "serving.json").read_text(encoding="utf-8"))
-    entry = {"folder": str(folder.resolve()), "precision": serving.get("precision", "fp32"),
-             "source": serving.get("name", folder.name), "decision": "chosen by bort loadtest"}
-    atomic_write_json(where / "export" / "deployed.json", {"optimized": entry, "baseline": entry})
-    write_manifest(where, "export", cfg, fingerprint="loadtest-serving",
-                   metrics={"note": "serving run folder made by bort loadtest", "folder": str(folder)})
-    return where
-
-
-def folder_spec(name: str, folder: Path, where: Path, cfg: Any, port: int, config_file: Path,
-                start_timeout_s: float) -> ServiceSpec:
-    """``bort serve`` for an exported folder that is not a run's deployed one."""
+def folder_spec(name: str, folder: Path, port: int, config_file: Path, start_timeout_s: float) -> ServiceSpec:
+    """``bort serve --model-dir`` for an exported folder that is not a run's deployed one."""
     if not (folder / "serving.json").is_file():
         raise ArtifactError(f"{folder} is not an exported model folder; rerun `bort export`")
-    return bort_serve_spec(name, serving_run_dir(folder, where, cfg), "baseline", port, config_file,
-                           start_timeout_s)
+    return bort_serve_spec(name, port, config_file, start_timeout_s, model_dir=folder)
 
 
 def torch_spec(folder: Path, cfg: Any, port: int, start_timeout_s: float, labels: list[str] | None = None) -> ServiceSpec:
@@ -83,18 +74,17 @@ def torch_spec(folder: Path, cfg: Any, port: int, start_timeout_s: float, labels
            "BORT_TORCH_THREADS": str(cfg.serve.num_threads),
            "BORT_TORCH_MAX_SEQ_LEN": str(cfg.serve.max_seq_len), "BORT_TORCH_LABELS": json.dumps(labels or [])}
     return ServiceSpec(name="baseline", command=command, port=port, env=env, start_timeout_s=start_timeout_s,
-                       cwd=str(ROOT))
+                       cwd=str(ROOT), port_hint=PORT_HINT)
 
 
-def shape_plan(shape: str, precision: str, labels: list[str], cfg: Any, where: Path, port: int,
-               config_file: Path, start_timeout_s: float, role: str = "baseline") -> ModelPlan:
+def shape_plan(shape: str, precision: str, labels: list[str], cfg: Any, port: int, config_file: Path,
+               start_timeout_s: float, role: str = "baseline") -> ModelPlan:
     """An architecture-only model (random weights) at `shape`, exported and served: speed only.
 
     Args:
         shape: ``L/A/H/I``, e.g. ``24/16/1024/4096``.
         precision: ``fp32`` or ``int8``.
         labels: class names for its (random) head, so its answers pass the load test's checks.
-        where: folder for its serving run folder.
     """
     from bort import assets
     from loadtest import shapes
@@ -102,7 +92,7 @@ def shape_plan(shape: str, precision: str, labels: list[str], cfg: Any, where: P
     arch = F.Arch.parse(shape)
     folder = shapes.shape_folder(arch, list(labels), precision, assets.model_dir("minilm"),
                                  max_seq_len=cfg.serve.max_seq_len)
-    spec = folder_spec(role, folder, where, cfg, port, config_file, start_timeout_s)
+    spec = folder_spec(role, folder, port, config_file, start_timeout_s)
     return ModelPlan(role=role, label=shapes.shape_label(arch, precision), spec=spec, speed_only=True,
                      accuracy=None, accuracy_note="speed only: random weights, accuracy meaningless")
 

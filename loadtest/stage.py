@@ -38,10 +38,10 @@ from bort.artifacts import (
     write_manifest,
 )
 from bort.errors import ConfigError
+from bort.processes import parse_cpus
 from loadtest import render, report
 from loadtest.locust_run import Profile
 from loadtest.measure import ModelPlan, assemble, measure_all
-from loadtest.servers import parse_cpus
 
 log = logging.getLogger(__name__)
 
@@ -135,16 +135,16 @@ def plan_services(cfg: Any, run_dir: Path, out: Path, upstream: dict[str, Manife
     task = data.load_prepared(run_dir)
     config_file = S.write_config(cfg, out / "raw" / "serve_config.yaml")
     acc = S.accuracies(upstream["finetune"], upstream["export"])
-    port, timeout, where = cfg.loadtest.port, cfg.loadtest.start_timeout_s, out / "raw" / "serve_baseline"
+    port, timeout = cfg.loadtest.port, cfg.loadtest.start_timeout_s
     optimized = ModelPlan(
         role="optimized", label=f"optimised ({acc['optimized_name']}, ONNX {acc['optimized_precision']})",
-        spec=S.bort_serve_spec("optimized", run_dir, "optimized", port, config_file, timeout),
+        spec=S.bort_serve_spec("optimized", port, config_file, timeout, run_dir=run_dir, role="optimized"),
         accuracy=acc["optimized"], accuracy_note=acc["optimized_note"])
     baseline = cfg.loadtest.baseline
     if baseline == "source_onnx":
         folder = upstream["export"].dir / "baseline" / "fp32"
         plan = ModelPlan(role="baseline", label="source (labeller, ONNX fp32)",
-                         spec=S.folder_spec("baseline", folder, where, cfg, port, config_file, timeout),
+                         spec=S.folder_spec("baseline", folder, port, config_file, timeout),
                          accuracy=acc["labeller"], accuracy_note=acc["labeller_note"])
     elif baseline == "source_torch":
         if task.is_pair:
@@ -155,7 +155,7 @@ def plan_services(cfg: Any, run_dir: Path, out: Path, upstream: dict[str, Manife
                          spec=S.torch_spec(folder, cfg, port, timeout, labels=list(task.labels)),
                          accuracy=acc["labeller_pytorch"], accuracy_note="labeller test accuracy (PyTorch)")
     else:
-        plan = S.shape_plan(baseline.split(":", 1)[1], "fp32", task.labels, cfg, where, port, config_file, timeout)
+        plan = S.shape_plan(baseline.split(":", 1)[1], "fp32", task.labels, cfg, port, config_file, timeout)
     return [plan, optimized]
 
 

@@ -1,7 +1,8 @@
 """Latency of shapes on this machine, through a persistent cache keyed by hardware fingerprint.
 
-How one shape is timed is in :mod:`optimize.timing` (random weights, ONNX export, ONNX Runtime,
-interleaved with a reference session). This module decides what is measured and keeps it:
+How one shape is timed is in :mod:`optimize.timing` (a random classifier, ``bort export``'s ONNX
+recipe, ONNX Runtime with the serving options, interleaved with a reference session). This module
+decides what is measured and keeps it:
 
 The cache is one JSONL file per hardware fingerprint, ``$BORT_CACHE/latency/<hw>.jsonl``; each
 measurement is appended as one line under a file lock and fsynced before the next starts, so a
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -30,11 +32,9 @@ import numpy as np
 from bort.artifacts import hardware_fingerprint
 from bort.families import Arch, default_vocab
 from optimize import timing
+from runtime import recipe
 
 log = logging.getLogger(__name__)
-
-EXPORTER = "torch.onnx.export(dynamo=False, opset=17, dynamic batch/sequence axes)"
-OPSET = 17
 
 
 @dataclass(frozen=True)
@@ -47,19 +47,37 @@ class LatencySettings:
     num_threads: int = 2
     warmup_runs: int = 5
     timed_runs: int = 30
+    optimize_graph: bool = False  # ORTOptimizer O2 before timing, as export.optimize_graph
+    quantization: str = "auto"  # int8 preset: auto (this CPU's) | avx512_vnni | avx512 | avx2 | arm64
 
     @classmethod
     def from_config(cls, opt: Any) -> LatencySettings:
-        return cls(opt.batch_size, opt.seq_len, opt.precision, opt.num_threads, opt.warmup_runs, opt.timed_runs)
+        # optimize.optimize_graph / optimize.quantization mirror export.*: the search must time the
+        # graph `bort export` will write, without reading a downstream stage's settings.
+        return cls(opt.batch_size, opt.seq_len, opt.precision, opt.num_threads, opt.warmup_runs, opt.timed_runs,
+                   optimize_graph=bool(getattr(opt, "optimize_graph", False)),
+                   quantization=str(getattr(opt, "quantization", "auto")))
+
+    def recipe_key(self) -> str:
+        """How the timed graph was built (:func:`runtime.recipe.recipe_key`), int8 preset resolved."""
+        return _recipe_key(self.precision, self.optimize_graph, self.quantization)
+
+
+@functools.cache
+def _recipe_key(precision: str, optimize_graph: bool, quantization: str) -> str:
+    target, _ = recipe.quantization_target(quantization)  # reads /proc/cpuinfo: once per process
+    return recipe.recipe_key(precision, optimize_graph, target)
 
 
 def cache_key(arch: Arch, family: str, vocab_size: int, s: LatencySettings, hw: str,
               reference: str | None = None) -> str:
     """The identity of a measurement: shape, model family and vocabulary, serving settings,
-    hardware, and the reference it was paired with. Warm-up and run counts are protocol: a
-    cached record with fewer timed runs than asked for is measured again (the new line wins)."""
+    hardware, how the graph was exported (the recipe's version, graph optimisation, int8 preset:
+    figures timed with another recipe are not reused), and the reference it was paired with.
+    Warm-up and run counts are protocol: a cached record with fewer timed runs than asked for is
+    measured again (the new line wins)."""
     return json.dumps([arch.label(), family, vocab_size, s.batch_size, s.seq_len, s.precision,
-                       s.num_threads, hw, reference or "standalone"])
+                       s.num_threads, hw, s.recipe_key(), reference or "standalone"])
 
 
 def default_cache_path(hw: str | None = None) -> Path:
@@ -216,7 +234,8 @@ class LatencyMeter:
         record = {"key": key, "arch": arch.label(), "family": self.family, "vocab_size": self.vocab_size,
                   "hw": self.hw, **asdict(self.settings), "reference": self.reference.label() if paired else None,
                   "samples_ms": [round(x, 4) for x in cand], "ref_samples_ms": [round(x, 4) for x in ref],
-                  **timing.summarize(cand, "raw_"), "exporter": timing.EXPORTER, "build_s": round(build_s, 2),
+                  **timing.summarize(cand, "raw_"), "exporter": timing.EXPORTER,
+                  "recipe": self.settings.recipe_key(), "build_s": round(build_s, 2),
                   "total_s": round(time.time() - started, 2), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                   "pid": os.getpid()}
         self.cache.put(record)

@@ -119,7 +119,7 @@ def report_md(result: SearchResult, rows: list[dict[str, Any]], meta: dict[str, 
         f"Source `{meta['source']}` ({meta['source_arch']}, {meta['family']}), grid `{meta['grid']}` "
         f"({len(rows)} candidates). Latency: ONNX Runtime {meta['precision']}, batch {meta['batch_size']}, "
         f"sequence {meta['seq_len']}, {meta['num_threads']} threads, on {meta['cpu']} (hardware "
-        f"fingerprint `{meta['hw']}`); exporter {meta['exporter']}; median of {meta['timed_runs']} timed runs "
+        f"fingerprint `{meta['hw']}`); exporter {meta['exporter']} (`{meta.get('onnx_recipe', '')}`); median of {meta['timed_runs']} timed runs "
         f"after {meta['warmup_runs']} warm-up runs, each paired with a run of the source's shape (figures are "
         "the paired ratios times the source's latency, so a busy machine shifts every shape alike). "
         f"Source latency: {result.source_record['p50_ms']:.2f} ms.", "",

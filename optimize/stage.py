@@ -86,6 +86,7 @@ def run(cfg: Any, run_dir: str | Path, args: Any = None) -> Manifest:
     meta = {"source": cfg.source.model, "source_arch": source.arch.label(), "family": source.family,
             "grid": opt.grid, "precision": opt.precision, "batch_size": opt.batch_size, "seq_len": opt.seq_len,
             "num_threads": opt.num_threads, "cpu": cpu_info()["model"], "hw": meter.hw, "exporter": EXPORTER,
+            "onnx_recipe": meter.settings.recipe_key(),
             "warmup_runs": opt.warmup_runs, "timed_runs": opt.timed_runs, "error_estimator": opt.error_estimator,
             "error_steps": steps, "error_steps_rule": rule, "epsilon": opt.epsilon, "policy": opt.policy,
             "weights": opt.weights}

@@ -1,11 +1,31 @@
 """Build, export and time one shape in ONNX Runtime; interleaved with a reference model.
 
-A candidate is built with random weights (latency does not depend on weight values), exported
-with ``torch.onnx.export(dynamo=False)`` (opset 17, dynamic batch and sequence axes as the
-serving export has), optionally quantized to dynamic int8, and run in an ``InferenceSession``
-with the serving thread settings (intra-op = num_threads, inter-op 1, sequential). Optimum's
-``main_export`` was not faster to run in a side-by-side check and takes about twice as long to
-export (it needs a saved folder first), so the search uses the direct exporter.
+A candidate is built as the deployed model is: a seeded random-weight sequence classifier at the
+shape (latency does not depend on weight values), exported, optionally graph-optimised and
+quantised by :mod:`runtime.recipe` — the recipe ``bort export`` uses — and run in a session
+from :mod:`runtime.session` with the serving options (intra-op = num_threads, inter-op 1,
+sequential). So the search times, for each shape, the graph ``bort export`` writes and ``bort
+serve`` runs for it (a test compares the two graphs). The head is :data:`TIMING_LABELS` classes
+wide whatever the task: its cost, one hidden x classes product on one token, does not move
+latency, and the latency cache stays shared between tasks.
+
+Cost per candidate: the recipe saves the random classifier and exports it through Optimum, where
+the search used to trace a bare encoder with ``torch.onnx.export`` and quantise it with
+``quantize_dynamic``'s defaults. Random weights to a loaded session (build only; timing runs
+excluded), medians of 2-3 runs interleaved old/new on this shared 2-core AMD EPYC (AVX-512 VNNI),
+MiniLM's vocabulary, batch 1, sequence 128, 2 threads:
+
+============== =================== ===================
+shape          fp32 old -> new      int8 old -> new
+============== =================== ===================
+2/3/33/37      0.24 -> 0.28 s       0.28 -> 0.35 s
+3/6/192/768    0.41 -> 0.51 s       0.50 -> 0.82 s
+6/12/384/1536  1.15 -> 1.35 s       1.85 -> 2.85 s
+4/8/1024/768   4.0 -> 3.4 s         4.2 -> 6.9 s
+============== =================== ===================
+
+So fp32 costs about the same (0.9-1.2x), int8 1.3-1.7x (ORTQuantizer's per-channel preset), a
+second or three per candidate at these sizes; each shape is built once (the latency cache).
 
 Why a reference: on a machine that other jobs share, the load changes during a sweep, and a
 shape timed in a busy minute looks slower than one timed in a quiet minute — enough to invert
@@ -21,14 +41,16 @@ import gc
 import shutil
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-EXPORTER = "torch.onnx.export(dynamo=False, opset=17, dynamic batch/sequence axes)"
-OPSET = 17
+from runtime import recipe
+from runtime.session import open_session
+
+EXPORTER = recipe.RECIPE
+TIMING_LABELS = ("LABEL_0", "LABEL_1")
 
 
 def summarize(samples_ms: list[float] | np.ndarray, prefix: str = "") -> dict[str, float]:
@@ -44,25 +66,16 @@ def summarize(samples_ms: list[float] | np.ndarray, prefix: str = "") -> dict[st
     return {f"{prefix}{k}": round(float(v), 4) for k, v in figures.items()}
 
 
-def export_onnx(model: Any, path: Path, family: str, batch_size: int, seq_len: int) -> None:
-    """Export a bare encoder; inputs as the serving tokenizer feeds them."""
-    import torch
-
-    names = ["input_ids", "attention_mask"] + ([] if family == "mpnet" else ["token_type_ids"])
-    kwargs = {n: torch.ones((batch_size, seq_len), dtype=torch.long) for n in names}
-    axes = {n: {0: "batch", 1: "sequence"} for n in names}
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # constant masks: shapes are dynamic anyway
-        torch.onnx.export(model, (), str(path), kwargs=kwargs, input_names=names,
-                          output_names=["last_hidden_state", "pooler_output"],
-                          dynamic_axes=axes, opset_version=OPSET, dynamo=False)
-
-
-def quantize_int8(src: Path, dst: Path) -> None:
-    """Dynamic int8 (weights int8, activations quantized at run time), as the serving path does."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+def export_candidate(arch: Any, family: str, base_config: Any, settings: Any, workdir: Path,
+                     seed: int = 0) -> Path:
+    """The folder whose ``model.onnx`` the search times for `arch`: ``bort export``'s recipe on a
+    random classifier, at ``settings.precision`` with ``settings.optimize_graph`` and
+    ``settings.quantization``."""
+    model_dir = recipe.random_classifier(arch, workdir / "hf", family=family, base_config=base_config,
+                                         labels=TIMING_LABELS, seed=seed)
+    gc.collect()  # the PyTorch model is saved and gone; do not carry it through the export
+    target, _ = recipe.quantization_target(settings.quantization)
+    return recipe.export_model(model_dir, workdir / "onnx", settings.precision, target, settings.optimize_graph)
 
 
 class TimedSession:
@@ -70,13 +83,7 @@ class TimedSession:
 
     def __init__(self, path: Path, num_threads: int, batch_size: int, seq_len: int, vocab_size: int,
                  seed: int = 0):
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = num_threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.session = open_session(path, num_threads)  # the options bort serve runs with
         rng = np.random.default_rng(seed)
         shape = (batch_size, seq_len)
         feed_all = {
@@ -93,21 +100,12 @@ class TimedSession:
 
 
 def build_session(arch: Any, family: str, base_config: Any, settings: Any, seed: int = 0) -> TimedSession:
-    """Random weights -> ONNX (-> int8) -> a session; the files are deleted once it is loaded."""
-    from bort.families import random_model
-
+    """Random weights -> the recipe's ONNX (-> int8) -> a session; the files are deleted once it is loaded."""
     workdir = Path(tempfile.mkdtemp(prefix="bort-lat-"))
     try:
-        model = random_model(arch, family, base_config, seed=seed)
-        vocab_size = model.config.vocab_size
-        path = workdir / "model.onnx"
-        export_onnx(model, path, family, settings.batch_size, settings.seq_len)
-        del model
-        gc.collect()
-        if settings.precision == "int8":
-            quantize_int8(path, workdir / "model.int8.onnx")
-            path = workdir / "model.int8.onnx"
-        return TimedSession(path, settings.num_threads, settings.batch_size, settings.seq_len, vocab_size, seed)
+        folder = export_candidate(arch, family, base_config, settings, workdir, seed)
+        return TimedSession(folder / "model.onnx", settings.num_threads, settings.batch_size, settings.seq_len,
+                            recipe.vocab_size(folder), seed)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

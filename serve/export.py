@@ -1,5 +1,7 @@
 """``bort export``: the fine-tuned classifiers to ONNX (fp32 and dynamic int8), checked and timed.
 
+The graphs are :mod:`runtime.recipe`'s, the same the search timed for the chosen shape.
+
 Two roles are exported from the finetune stage's models:
 
 - ``optimized``: the model the finetune manifest names in ``metrics["deploy"]`` (e.g. ``agora``);
@@ -33,6 +35,7 @@ from bort.artifacts import (
     write_manifest,
 )
 from bort.errors import ArtifactError
+from runtime import recipe
 from serve import onnx_export as X
 
 log = logging.getLogger(__name__)
@@ -51,7 +54,7 @@ def run(cfg: Any, run_dir: Path, args: Any = None) -> Manifest:
         return read_manifest(run_dir, "export")
     task = load_task(cfg, run_dir)
     sources = role_sources(upstream)
-    target, why = X.quantization_target(cfg.export.quantization)
+    target, why = recipe.quantization_target(cfg.export.quantization)
     log.info("int8 quantisation target: %s (%s)", target, why)
     out_root = stage_dir(run_dir, "export")
     out_root.mkdir(parents=True, exist_ok=True)
@@ -103,7 +106,7 @@ def export_role(role: str, source: str, model_dir: Path, out_root: Path, task: A
               "timed_runs": ec.timed_runs}
 
     fp32 = tmp / "fp32"
-    X.export_fp32(model_dir, fp32, ec.optimize_graph)
+    recipe.export_fp32(model_dir, fp32, ec.optimize_graph)
     X.write_serving(fp32, precision="fp32", name=f"{role}:{source}:fp32", **sidecar)
     probe = task.dev[:ec.parity_texts]
     pairs = [(e.text, e.text_pair) for e in probe] if task.is_pair else None
@@ -121,7 +124,7 @@ def export_role(role: str, source: str, model_dir: Path, out_root: Path, task: A
 
     if ec.quantize:
         int8 = tmp / "int8"
-        X.quantize_int8(fp32, int8, target, ec.optimize_graph)
+        recipe.quantize_int8(fp32, int8, target, ec.optimize_graph)
         X.write_serving(int8, precision="int8", name=f"{role}:{source}:int8", **sidecar)
         m["int8_dev_accuracy"] = X.split_accuracy(int8, task.dev, task.is_pair, desc=f"{role} int8 dev", **evaluate)
         m["int8_drop_points"] = round((m["fp32_dev_accuracy"] - m["int8_dev_accuracy"]) * 100.0, 3)
@@ -191,6 +194,7 @@ def summary_metrics(roles: dict[str, dict[str, Any]], target: str, why: str,
         "deployed": {role: m["deployed_precision"] for role, m in roles.items()},
         "latency_ms": {role: m["latency_ms"] for role, m in roles.items()},
         "quantization": {"target": target, "why": why},
+        "onnx_recipe": recipe.RECIPE,
         "roles": roles,
         "bentoml_models": registered,
     }

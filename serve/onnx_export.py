@@ -1,63 +1,43 @@
-"""The mechanics of ``bort export``: Optimum ONNX export, int8 quantisation, and the checks.
+"""The checks and sidecars of ``bort export``: labels, ``serving.json``, parity, accuracy, latency.
 
-Each function takes and returns folders, so :mod:`serve.export` reads like a table of contents.
-Every folder written here is self-contained (``model.onnx``, tokenizer files, ``config.json``,
+The export and quantisation themselves are the one recipe in :mod:`runtime.recipe` (which the
+search's latency and the load test's architecture-only models use too). Each function takes
+folders, so :mod:`serve.export` reads like a table of contents. Every folder written for
+``bort export`` is self-contained (``model.onnx``, tokenizer files, ``config.json``,
 ``serving.json``): the service needs nothing else.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bort.artifacts import atomic_write_json, cpu_info
+from bort.artifacts import atomic_write_json
 from bort.errors import ArtifactError, BortError
 from serve.predictor import SERVING_FILE, Predictor
 
 log = logging.getLogger(__name__)
-
-QUANTIZATION_TARGETS = ("avx512_vnni", "avx512", "avx2", "arm64")
 
 
 class ParityError(BortError):
     """The ONNX graph does not reproduce the PyTorch model within the tolerance."""
 
 
-def quantization_target(requested: str = "auto") -> tuple[str, str]:
-    """Pick the dynamic-quantisation configuration this CPU supports.
-
-    Returns:
-        ``(target, why)``: one of :data:`QUANTIZATION_TARGETS` and the flags that decided it.
-    """
-    if requested != "auto":
-        return requested, "set by export.quantization"
-    info = cpu_info()
-    isa = set(info["isa"])
-    if info["machine"] in ("aarch64", "arm64"):
-        return "arm64", f"machine {info['machine']}"
-    if isa & {"avx512_vnni", "avx_vnni"}:
-        # VNNI multiplies u8 x s8 without saturating: no reduced range needed.
-        return "avx512_vnni", "cpu flag " + ", ".join(sorted(isa & {"avx512_vnni", "avx_vnni"}))
-    if {"avx512f", "avx512bw", "avx512vl"} <= isa:
-        return "avx512", "cpu flags avx512f, avx512bw, avx512vl"
-    if "avx2" in isa:
-        return "avx2", "cpu flag avx2"
-    return "avx2", "no AVX2/AVX-512/VNNI flag found; AVX2 settings as the portable fallback"
+def model_labels(model_dir: Path) -> list[str]:
+    """The model's class names in id order (its ``config.json`` ``id2label``; may be empty)."""
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    id2label = {int(k): v for k, v in (config.get("id2label") or {}).items()}
+    return [id2label[i] for i in sorted(id2label)]
 
 
 def labels_of(model_dir: Path, task_labels: list[str]) -> list[str]:
     """Class names in id order: the model's ``id2label`` unless it only holds ``LABEL_i`` names."""
-    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    id2label = {int(k): v for k, v in (config.get("id2label") or {}).items()}
-    names = [id2label[i] for i in sorted(id2label)]
+    names = model_labels(model_dir)
     if not names or all(n == f"LABEL_{i}" for i, n in enumerate(names)):
         names = list(task_labels)
     if len(names) != len(task_labels) or set(names) != set(task_labels):
@@ -66,66 +46,6 @@ def labels_of(model_dir: Path, task_labels: list[str]) -> list[str]:
             "rerun `bort finetune` for this task"
         )
     return names
-
-
-def export_fp32(model_dir: Path, out_dir: Path, optimize_graph: bool = False) -> None:
-    """Optimum export of a sequence classifier to ``out_dir/model.onnx`` (offline, local folder)."""
-    from optimum.exporters.onnx import main_export
-
-    if not (model_dir / "config.json").is_file():
-        raise ArtifactError(f"{model_dir} has no config.json; rerun `bort finetune`")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # Our own parity check below replaces Optimum's validation (which reloads the model).
-    main_export(str(model_dir), output=out_dir, task="text-classification", do_validation=False,
-                local_files_only=True)
-    if optimize_graph:
-        from optimum.onnxruntime import AutoOptimizationConfig, ORTOptimizer
-
-        scratch = out_dir / ".optimized"
-        ORTOptimizer.from_pretrained(out_dir).optimize(AutoOptimizationConfig.O2(), save_dir=scratch)
-        (scratch / "model_optimized.onnx").replace(out_dir / "model.onnx")
-        shutil.rmtree(scratch)
-
-
-@contextlib.contextmanager
-def _quiet_root_logger() -> Iterator[None]:
-    """onnxruntime's quantiser logs one INFO line per tensor on the root logger: hide them."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(max(level, logging.WARNING))
-    try:
-        yield
-    finally:
-        root.setLevel(level)
-
-
-def quantize_int8(fp32_dir: Path, out_dir: Path, target: str, optimized_graph: bool) -> None:
-    """Dynamic int8 quantisation of ``fp32_dir/model.onnx`` into ``out_dir`` (weights int8,
-    activations quantised at run time)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with _quiet_root_logger():
-        _quantize(fp32_dir, out_dir, target, optimized_graph)
-    for f in fp32_dir.iterdir():
-        if f.is_file() and f.suffix != ".onnx" and not (out_dir / f.name).exists():
-            shutil.copy2(f, out_dir / f.name)
-
-
-def _quantize(fp32_dir: Path, out_dir: Path, target: str, optimized_graph: bool) -> None:
-    if optimized_graph:
-        # ORTQuantizer fails on O2/O3 graphs ("Unable to find data type ... DefaultTensorType");
-        # onnxruntime's own quantize_dynamic works there when told the default tensor type.
-        import onnx
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        quantize_dynamic(fp32_dir / "model.onnx", out_dir / "model.onnx", weight_type=QuantType.QInt8,
-                         per_channel=True, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    else:
-        from optimum.onnxruntime import ORTQuantizer
-        from optimum.onnxruntime.configuration import AutoQuantizationConfig
-
-        qconfig = getattr(AutoQuantizationConfig, target)(is_static=False)
-        ORTQuantizer.from_pretrained(fp32_dir, file_name="model.onnx").quantize(
-            save_dir=out_dir, quantization_config=qconfig, file_suffix=None)
 
 
 def write_serving(folder: Path, *, labels: list[str], is_pair: bool, precision: str, name: str,

@@ -1,7 +1,8 @@
 """Inference over an exported folder: ``tokenizers`` + an onnxruntime session, nothing heavier.
 
 This module is what the Bento ships: it imports neither bentoml nor torch (a test checks), so
-the serving image holds onnxruntime, tokenizers and numpy only.
+the serving image holds onnxruntime, tokenizers and numpy only. Its onnxruntime session comes from
+:mod:`runtime.session`, the one the search times and ``bort export`` checks with.
 
 An exported folder (``bort export`` writes one per role and precision) holds ``model.onnx``,
 ``tokenizer.json``, ``config.json`` and ``serving.json`` (``max_seq_len``, ``labels``,
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from runtime.session import open_session
 
 log = logging.getLogger(__name__)
 
@@ -92,27 +95,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
-def session_options(num_threads: int, spin: bool = True, spin_stop: bool = False) -> Any:
-    """onnxruntime options for one serving process: fixed intra-op threads, sequential graph.
-
-    ``spin=False`` stops idle intra-op threads from busy-waiting: on a machine with few cores
-    a spinning pool takes CPU from the HTTP loop between requests. ``spin_stop=True`` keeps the
-    busy-wait inside a call (between the graph's operators, where it saves wake-ups) but ends it
-    when the call returns (onnxruntime's ``session.force_spinning_stop``).
-    """
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = num_threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-    if spin_stop:
-        opts.add_session_config_entry("session.force_spinning_stop", "1")
-    return opts
-
-
 class Predictor:
     """Classify texts (or text pairs) with an exported model folder.
 
@@ -121,13 +103,11 @@ class Predictor:
         num_threads: onnxruntime intra-op threads.
         max_seq_len: truncate inputs to this many tokens (capped by the model's own limit).
         spin: let idle onnxruntime threads busy-wait (lower latency, more CPU).
-        spin_stop: end that busy-wait when each call returns (see :func:`session_options`).
+        spin_stop: end that busy-wait when each call returns (see :func:`runtime.session.session_options`).
     """
 
     def __init__(self, folder: str | Path, num_threads: int = 2, max_seq_len: int = 128,
                  spin: bool = True, spin_stop: bool = False) -> None:
-        import onnxruntime as ort
-
         self.folder = Path(folder)
         self.serving = read_serving(self.folder)
         self.labels: list[str] = list(self.serving["labels"])
@@ -144,10 +124,7 @@ class Predictor:
         fast = ascii_normalizer(spec.get("normalizer"))
         self._ascii_tokenizer = None if fast is None else self._load_tokenizer(saved, fast)
         self._cut_chars = CUT_CHARS_PER_TOKEN * self.max_seq_len if splits_on_whitespace(spec) else None
-        self.session = ort.InferenceSession(
-            str(self.folder / "model.onnx"), sess_options=session_options(num_threads, spin, spin_stop),
-            providers=["CPUExecutionProvider"],
-        )
+        self.session = open_session(self.folder / "model.onnx", num_threads, spin, spin_stop)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.num_threads = num_threads
 

@@ -1,30 +1,29 @@
-"""``bort serve``: run the BentoML service for the optimised or the baseline export.
+"""``bort serve``: run the BentoML service for a run's deployed export, or for any model folder.
 
-The server runs as ``python -m bentoml serve serve.service:Classifier`` in its own process
-group: BentoML's worker process outlives a plain kill of its parent, so stopping always signals
-the whole group (SIGTERM, a grace period, then SIGKILL). The service learns its model folder
-and limits from environment variables (see :mod:`serve.service`).
+The server runs as ``python -m bentoml serve serve.service:Classifier`` under the process
+supervisor (:mod:`bort.processes`): in its own process group, ready when ``/readyz`` answers, and
+stopped with every process group BentoML's worker makes (SIGTERM, a grace period, SIGKILL). The
+service learns its model folder and limits from environment variables (see :mod:`serve.service`).
 
-:class:`ServerProcess` is reused by tests, benchmarks and the load test.
+What is served: ``serve.model_dir`` (``--model-dir``) when set — a folder ``bort export`` wrote, or
+a Hugging Face sequence classifier exported on the fly (:mod:`serve.model_dir`) — else the folder
+``bort export`` deployed for ``serve.model`` in the run.
+
+:class:`ServerProcess` is reused by tests and benchmarks.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from bort import processes
 from bort.artifacts import read_manifest
 from bort.errors import ArtifactError, BortError
 
@@ -35,8 +34,8 @@ SERVICE = "serve.service:Classifier"
 
 
 def run(cfg: Any, run_dir: Path, args: Any = None) -> int:
-    """Serve ``cfg.serve.model`` from ``run_dir``'s export until SIGINT/SIGTERM; print the URL."""
-    folder = deployed_folder(run_dir, cfg.serve.model)
+    """Serve the chosen model folder until SIGINT/SIGTERM; print the URL once it answers."""
+    folder, what = model_folder(cfg, run_dir)
     server = ServerProcess(folder, cfg.serve, log_path=None)
     stop = {"signal": None}
 
@@ -47,7 +46,7 @@ def run(cfg: Any, run_dir: Path, args: Any = None) -> int:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.start()
-        print(f"serving {cfg.serve.model} ({folder}) at {server.url}\n"
+        print(f"serving {what} ({folder}) at {server.url}\n"
               f"  POST {server.url}/classify  {{\"texts\": [...]}}; GET /healthz /readyz /metrics; "
               "Ctrl+C stops", flush=True)
         code = server.proc.wait()
@@ -62,6 +61,16 @@ def run(cfg: Any, run_dir: Path, args: Any = None) -> int:
     return 0
 
 
+def model_folder(cfg: Any, run_dir: Path) -> tuple[Path, str]:
+    """``(folder, how the banner names it)``: ``serve.model_dir`` when set, else the run's ``serve.model``."""
+    model_dir = getattr(cfg.serve, "model_dir", "")  # serve.model_dir (str, "" = the run's export)
+    if model_dir:
+        from serve.model_dir import servable_folder
+
+        return servable_folder(Path(model_dir), cfg.export.parity_atol), str(model_dir)
+    return deployed_folder(run_dir, cfg.serve.model), cfg.serve.model
+
+
 def deployed_folder(run_dir: Path, role: str) -> Path:
     """The folder ``bort export`` deployed for ``role`` (optimized | baseline), verified."""
     manifest = read_manifest(run_dir, "export")
@@ -71,39 +80,10 @@ def deployed_folder(run_dir: Path, role: str) -> Path:
     return manifest.dir / deployed[role]["folder"]
 
 
-def _process_table() -> dict[int, tuple[int, int]]:
-    """``{pid: (parent pid, process group)}`` of every live (non-zombie) process, from /proc."""
-    table = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z":  # fields: state, ppid, pgrp, ...
-            table[int(entry.name)] = (int(fields[1]), int(fields[2]))
-    return table
-
-
-def _pgid(pid: int) -> int | None:
-    try:
-        return os.getpgid(pid)
-    except ProcessLookupError:
-        return None
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def port_in_use(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((host, port)) == 0
+def _section_dict(section: Any) -> dict[str, Any]:
+    """A config section as plain JSON data, whether a dataclass or a pydantic model."""
+    dump = getattr(section, "model_dump", None)
+    return dump(mode="json") if dump else asdict(section)
 
 
 def service_env(folder: Path, serve_cfg: Any, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -112,7 +92,7 @@ def service_env(folder: Path, serve_cfg: Any, extra: dict[str, str] | None = Non
     env.setdefault("BENTOML_DO_NOT_TRACK", "true")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env["BORT_SERVE_MODEL_DIR"] = str(Path(folder).resolve())
-    env["BORT_SERVE_CONFIG"] = json.dumps(asdict(serve_cfg))
+    env["BORT_SERVE_CONFIG"] = json.dumps(_section_dict(serve_cfg))
     env["BORT_SERVE_ACCESS_LOG"] = "1" if serve_cfg.access_log else "0"
     env["BORT_SERVE_TRACE"] = "1" if serve_cfg.trace_requests else "0"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
@@ -140,92 +120,40 @@ class ServerProcess:
                  env: dict[str, str] | None = None) -> None:
         self.folder, self.cfg, self.log_path = Path(folder), serve_cfg, log_path
         self.host = serve_cfg.host
-        self.port = serve_cfg.port or free_port(self.host)
-        self.env = service_env(self.folder, serve_cfg, env)
-        self.proc: subprocess.Popen | None = None
-        self.ready_s = 0.0
-        self._known: set[int] = set()
+        self.port = serve_cfg.port or processes.free_port(self.host)
+        self.spec = processes.ServiceSpec(
+            name="bort serve", command=tuple(service_command(self.host, self.port)), port=self.port,
+            env=service_env(self.folder, serve_cfg, env), start_timeout_s=serve_cfg.startup_timeout_s,
+            cwd=str(ROOT), host=self.host, port_hint="pick another with --port",
+            timeout_hint="serve.startup_timeout_s")
+        self.running: processes.RunningService | None = None
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return self.spec.url
+
+    @property
+    def proc(self) -> Any:
+        """The leader process (``python -m bentoml serve``), once started."""
+        return self.running.proc if self.running else None
+
+    @property
+    def ready_s(self) -> float:
+        return self.running.ready_s if self.running else 0.0
 
     def start(self) -> ServerProcess:
         """Start the process group and wait until ``/readyz`` answers 200."""
-        if port_in_use(self.host, self.port):
-            raise BortError(f"port {self.port} on {self.host} is already in use; pick another with --port")
-        out = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115 - closed in stop()
-        started = time.perf_counter()
-        self.proc = subprocess.Popen(service_command(self.host, self.port), env=self.env, cwd=ROOT,
-                                     stdout=out, stderr=subprocess.STDOUT if out else None,
-                                     start_new_session=True)
-        self._out = out
-        self.wait_ready(self.cfg.startup_timeout_s)
-        self.ready_s = time.perf_counter() - started
-        log.info("server ready at %s in %.1f s (pid %d)", self.url, self.ready_s, self.proc.pid)
+        self.running = processes.start(self.spec, self.log_path)
         return self
 
-    def wait_ready(self, timeout_s: float) -> None:
-        """Poll ``/readyz``; fail with the log's tail if the process dies or time runs out."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                self.stop()
-                raise BortError(f"the server exited during start (code {self.proc.returncode}){self._tail()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/readyz", timeout=1) as resp:
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise BortError(f"the server was not ready after {timeout_s:.0f} s (serve.startup_timeout_s){self._tail()}")
-
-    def _tail(self) -> str:
-        if not self.log_path or not Path(self.log_path).is_file():
-            return ""
-        lines = Path(self.log_path).read_text(errors="replace").splitlines()[-15:]
-        return ":\n" + "\n".join(lines)
-
     def pids(self) -> set[int]:
-        """Live processes of the server: the leader, its descendants, and anything in their groups.
-
-        BentoML's worker runs in a process group of its own (not the leader's), so a group kill
-        of the leader alone is not enough; stop() signals every group found here.
-        """
-        if self.proc is None:
-            return set()
-        table = _process_table()
-        alive = {self.proc.pid} & table.keys() | self._known
-        frontier = set(alive)
-        while frontier:  # descendants by parent pid
-            frontier = {pid for pid, (ppid, _) in table.items() if ppid in frontier} - alive
-            alive |= frontier
-        groups = {table[pid][1] for pid in alive if pid in table} | {self.proc.pid}
-        alive |= {pid for pid, (_, pgid) in table.items() if pgid in groups}
-        self._known = {pid for pid in alive if pid in table}
-        return set(self._known)
+        """Live processes of the server: the leader, its descendants, anything in their groups."""
+        return self.running.pids() if self.running else set()
 
     def stop(self, grace_s: float = 10.0) -> None:
         """SIGTERM every process group of the server, wait up to ``grace_s``, then SIGKILL the rest."""
-        if self.proc is None:
-            return
-        for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-            pids = self.pids()
-            if not pids:
-                break
-            for pgid in {_pgid(pid) for pid in pids} - {None, os.getpgrp()}:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pgid, sig)
-            deadline = time.monotonic() + wait_s
-            while time.monotonic() < deadline and self.pids():
-                self.proc.poll()  # reap the leader so it does not linger as a zombie
-                time.sleep(0.05)
-        self.proc.poll()
-        if getattr(self, "_out", None):
-            self._out.close()
-            self._out = None
+        if self.running is not None:
+            processes.stop(self.running, grace_s)
 
     def __enter__(self) -> ServerProcess:
         return self.start()

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 import sys
 from pathlib import Path
 
-from bort import config
-from loadtest import servers
+from bort import config, processes
+from bort.processes import free_port
 
 STANDIN = str(Path(__file__).resolve().parent / "standin_server.py")
 REVIEWS = ["a gripping, beautifully acted film", "dull and lifeless from start to finish",
@@ -15,17 +14,10 @@ REVIEWS = ["a gripping, beautifully acted film", "dull and lifeless from start t
            "a tedious mess", "warm, funny and surprisingly moving", "I wanted my two hours back"]
 
 
-def free_port() -> int:
-    """A port nothing listens on right now, on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def standin_spec(*flags: str, timeout_s: float = 20.0) -> servers.ServiceSpec:
+def standin_spec(*flags: str, timeout_s: float = 20.0) -> processes.ServiceSpec:
     """The stand-in server (tests/standin_server.py) on a free port."""
     port = free_port()
-    return servers.ServiceSpec("standin", (sys.executable, STANDIN, "--port", str(port), *flags), port,
+    return processes.ServiceSpec("standin", (sys.executable, STANDIN, "--port", str(port), *flags), port,
                                start_timeout_s=timeout_s)
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from loadtest_support import free_port, standin_spec
 
+from bort import processes as S
 from bort.errors import BortError
 from loadtest import report
-from loadtest import servers as S
 from loadtest.locust_run import Profile, locust_command, run_distributed, run_locust
 
 

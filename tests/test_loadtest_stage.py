@@ -1,8 +1,8 @@
 """`bort loadtest` end to end against stand-in servers: report, manifest, SLO exit code, no survivors.
 
 The default test replaces only the `bort serve` command line with the stand-in server (same HTTP
-contract); everything else (upstream manifests, serving run folder, Locust, parsing, report) is
-the real code. The slow test serves the tiny exported classifiers through the real `bort serve`.
+contract); everything else (upstream manifests, Locust, parsing, report) is the real code. The slow
+test serves the tiny exported classifiers through the real `bort serve`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import pytest
 from conftest import staged
 from loadtest_support import STANDIN, tiny_cfg
 
-from bort import artifacts, data
-from loadtest import report, servers, services, stage
+from bort import artifacts, data, processes
+from loadtest import report, services, stage
 
 
 def fake_upstream(cfg, run_dir: Path) -> None:
@@ -39,8 +39,8 @@ def fake_upstream(cfg, run_dir: Path) -> None:
 @pytest.fixture()
 def started_services(monkeypatch):
     """Every service the stage starts, recorded (after checking it listens on 127.0.0.1)."""
-    started: list[servers.RunningService] = []
-    real_start = servers.start
+    started: list[processes.RunningService] = []
+    real_start = processes.start
 
     def recording_start(spec, log_path, cpus=None):
         assert spec.url.startswith("http://127.0.0.1:")
@@ -48,11 +48,11 @@ def started_services(monkeypatch):
         started.append(running)
         return running
 
-    monkeypatch.setattr(servers, "start", recording_start)
+    monkeypatch.setattr(processes, "start", recording_start)
     return started
 
 
-def assert_none_survives(started: list[servers.RunningService]) -> None:
+def assert_none_survives(started: list[processes.RunningService]) -> None:
     for running in started:
         for group in running.groups:
             with pytest.raises(ProcessLookupError):
@@ -60,18 +60,28 @@ def assert_none_survives(started: list[servers.RunningService]) -> None:
 
 
 @pytest.fixture()
-def standin_serve(monkeypatch, started_services):
-    """`bort serve` replaced by the stand-in: slow (8 ms) for the serving run folder, fast otherwise."""
+def serve_commands() -> list[dict]:
+    """What each `bort serve` the stage started was asked to serve."""
+    return []
 
-    def command(run_dir, role, port, config_file):
-        delay = "8" if "serve_baseline" in str(run_dir) else "1"
+
+@pytest.fixture()
+def standin_serve(monkeypatch, started_services, serve_commands):
+    """`bort serve` replaced by the stand-in: slow (8 ms) for a --model-dir folder (the baseline),
+    fast for the run's deployed export (the optimised model)."""
+    commands = serve_commands
+
+    def command(port, config_file, run_dir=None, role="optimized", model_dir=None):
+        commands.append({"run_dir": run_dir, "role": role, "model_dir": model_dir})
+        delay = "8" if model_dir is not None else "1"
         return (sys.executable, STANDIN, "--port", str(port), "--delay-ms", delay)
 
     monkeypatch.setattr(services, "bort_serve_command", command)
     return started_services
 
 
-def test_loadtest_writes_the_report_sets_the_slo_exit_code_and_leaves_no_server_behind(tmp_path, standin_serve):
+def test_loadtest_writes_the_report_sets_the_slo_exit_code_and_leaves_no_server_behind(tmp_path, standin_serve,
+                                                                                       serve_commands):
     cfg = tiny_cfg(tmp_path, "loadtest.slo_p95_ms=0.01")  # no server answers in 10 microseconds
     fake_upstream(cfg, tmp_path)
     assert staged(stage.run, cfg, tmp_path) == report.SLO_EXIT_CODE
@@ -89,9 +99,25 @@ def test_loadtest_writes_the_report_sets_the_slo_exit_code_and_leaves_no_server_
     md = (out / "report.md").read_text()
     assert "source (labeller, ONNX fp32)" in md and "Missed" in md
     assert [r.spec.name for r in standin_serve] == ["baseline", "optimized"]
+    # The baseline is its export folder served with --model-dir; the optimised model, the run's deployment.
+    assert len(serve_commands) == 2
+    assert {"run_dir": None, "role": "optimized", "model_dir": tmp_path / "export" / "baseline" / "fp32"} in serve_commands
+    assert {"run_dir": tmp_path, "role": "optimized", "model_dir": None} in serve_commands
+    assert [p.relative_to(out) for p in out.rglob("*.json") if p.name in ("manifest.json", "deployed.json")] \
+        == [Path("manifest.json")]  # its own manifest; no stand-in export folder
     assert_none_survives(standin_serve)  # no server process survives the command
     assert staged(stage.run, cfg, tmp_path) == report.SLO_EXIT_CODE  # up to date: the stored verdict, no new run
     assert len(standin_serve) == 2
+
+
+def test_bort_serve_commands_bind_loopback_and_serve_a_folder_or_a_run(tmp_path):
+    folder_cmd = services.bort_serve_command(3999, tmp_path / "c.yaml", model_dir=tmp_path / "m")
+    run_cmd = services.bort_serve_command(3999, tmp_path / "c.yaml", run_dir=tmp_path, role="optimized")
+    for cmd in (folder_cmd, run_cmd):
+        assert cmd[1:4] == ("-m", "pipeline.cli", "serve") and "serve.host=127.0.0.1" in cmd
+        assert cmd[cmd.index("--port") + 1] == "3999"
+    assert folder_cmd[-2:] == ("--model-dir", str((tmp_path / "m").resolve())) and "--run-dir" not in folder_cmd
+    assert run_cmd[-4:] == ("--run-dir", str(tmp_path.resolve()), "--model", "optimized")
 
 
 def test_missing_upstream_names_the_command(tmp_path):

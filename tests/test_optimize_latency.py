@@ -52,6 +52,21 @@ def test_meter_measures_once_paired_with_the_reference(tmp_path, precision):
         assert len(JsonlStore(tmp_path / "lat.jsonl").get(more.key(cand))["samples_ms"]) == 6
 
 
+def test_latencies_timed_with_another_recipe_are_not_reused(tmp_path):
+    arch = Arch(1, 3, 33, 16)
+    meter = LatencyMeter("bert", FAST, cache_path=tmp_path / "lat.jsonl", hw="testhw")
+    # A record keyed as the old exporter wrote it (no recipe in the key), then one of another recipe version.
+    old_key = json.dumps([arch.label(), "bert", meter.vocab_size, 1, 16, "fp32", 1, "testhw", "standalone"])
+    other = json.loads(meter.key(arch))
+    other[-2] = "recipe0/o0/fp32"
+    for key in (old_key, json.dumps(other)):
+        meter.cache.put({"key": key, "samples_ms": [1.0] * FAST.timed_runs})
+    assert meter.cached(arch) is None
+    assert FAST.recipe_key() in json.loads(meter.key(arch))
+    optimized = LatencySettings(**{**FAST.__dict__, "optimize_graph": True})
+    assert LatencyMeter("bert", optimized, cache_path=tmp_path / "lat.jsonl", hw="testhw").key(arch) != meter.key(arch)
+
+
 SHAPES = [f"1/1/{h}/{i}" for h in (8, 16) for i in (8, 16, 24)]
 
 

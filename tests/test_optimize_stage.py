@@ -8,7 +8,7 @@ from conftest import staged
 from bort import config
 from bort.artifacts import read_manifest
 from bort.errors import BortError
-from optimize import latency, stage
+from optimize import latency, stage, timing
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +44,7 @@ def test_stage_writes_every_output_and_resumes_without_remeasuring(tmp_path, tin
     rows = json.loads((out / "candidates.json").read_text())
     assert all(r["p50_ms"] is not None and r["error"] is not None for r in rows)
     assert "## ABnC checks" in (out / "report.md").read_text()
+    assert "runtime/recipe.py" in timing.EXPORTER and timing.EXPORTER in (out / "report.md").read_text()
     assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
 
     assert staged(stage.run, cfg, run_dir).created_at == manifest.created_at  # up to date: skipped

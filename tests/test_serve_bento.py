@@ -44,8 +44,8 @@ def test_bento_builds_from_its_own_files_and_holds_no_torch(tmp_path):
     for name in HEAVY:
         assert name not in requirements, f"{name} in the Bento's requirements"
     sources = sorted(p.relative_to(bento / "src").as_posix() for p in (bento / "src").rglob("*.py"))
-    assert sources == ["serve/__init__.py", "serve/app.py", "serve/predictor.py", "serve/service.py",
-                       "serve/validation.py"]
+    assert sources == ["runtime/__init__.py", "runtime/session.py", "serve/__init__.py", "serve/app.py",
+                       "serve/predictor.py", "serve/service.py", "serve/validation.py"]
     for path in (bento / "src").rglob("*.py"):
         assert not re.search(r"^\s*(import|from)\s+(torch|transformers|optimum)\b", path.read_text(), re.M), path
     assert not list(bento.rglob("*.safetensors")) and not list(bento.rglob("*.onnx"))
@@ -59,7 +59,7 @@ def test_bento_with_packed_model_serves_without_the_repo(tiny_export_run, tmp_pa
     import shutil as sh
     import urllib.request
 
-    from serve.server import free_port
+    from bort.processes import free_port
 
     home = tmp_path / "home"
     sh.copytree(Path(os.environ["BENTOML_HOME"]) / "models", home / "models")

@@ -9,6 +9,7 @@ import pytest
 from conftest import fake_task
 
 from bort import artifacts, config
+from runtime import recipe
 from serve import export
 from serve import onnx_export as X
 
@@ -32,7 +33,7 @@ def test_export_manifest_records_parity_accuracy_and_latency(tiny_export_run):
     assert m["parity_max_abs_diff"] < config.ExportConfig().parity_atol
     assert 0.0 <= m["fp32_dev_accuracy"] <= 1.0 and 0.0 <= m["int8_dev_accuracy"] <= 1.0
     assert m["int8_drop_points"] == pytest.approx((m["fp32_dev_accuracy"] - m["int8_dev_accuracy"]) * 100, abs=1e-2)
-    assert m["quantization"]["target"] in X.QUANTIZATION_TARGETS
+    assert m["quantization"]["target"] in recipe.QUANTIZATION_TARGETS and m["onnx_recipe"] == recipe.RECIPE
     for role, rm in m["roles"].items():  # every served file is scored on the test split too
         assert set(rm["test_accuracy"]) == {"fp32", "int8"}
         assert all(0.0 <= v <= 1.0 for v in rm["test_accuracy"].values())
@@ -86,18 +87,6 @@ def test_parity_failure_is_a_clear_error(tiny_export_run):
                        seq_len=32, atol=1e-30)
 
 
-@pytest.mark.parametrize(("flags", "machine", "expected"), [
-    (["avx2", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"], "x86_64", "avx512_vnni"),
-    (["avx2", "avx512f", "avx512bw", "avx512vl"], "x86_64", "avx512"),
-    (["avx", "avx2"], "x86_64", "avx2"),
-    (["asimd"], "aarch64", "arm64"),
-])
-def test_quantization_target_follows_cpu_flags(monkeypatch, flags, machine, expected):
-    monkeypatch.setattr(X, "cpu_info", lambda: {"isa": flags, "machine": machine})
-    assert X.quantization_target("auto")[0] == expected
-    assert X.quantization_target("avx2") == ("avx2", "set by export.quantization")
-
-
 def test_labels_must_match_the_task(tiny_finetune_run):
     model_dir = tiny_finetune_run / "finetune" / "models" / "agora"
     assert X.labels_of(model_dir, ["rotten", "fresh"]) == ["fresh", "rotten"]  # model's id order wins
@@ -128,10 +117,10 @@ def test_optimized_graph_exports_keeps_parity_and_quantizes(tiny_finetune_run, t
     from serve.predictor import Predictor
 
     model_dir = tiny_finetune_run / "finetune" / "models" / "agora"
-    X.export_fp32(model_dir, tmp_path / "fp32", optimize_graph=True)
+    recipe.export_fp32(model_dir, tmp_path / "fp32", optimize_graph=True)
     sidecar = {"labels": ["fresh", "rotten"], "is_pair": False, "name": "t", "max_seq_len": 512}
     X.write_serving(tmp_path / "fp32", precision="fp32", **sidecar)
     assert X.check_parity(model_dir, tmp_path / "fp32", ["a fine film"], None, 32, 1e-4)["parity_max_abs_diff"] < 1e-4
-    X.quantize_int8(tmp_path / "fp32", tmp_path / "int8", "avx512_vnni", optimized_graph=True)
+    recipe.quantize_int8(tmp_path / "fp32", tmp_path / "int8", "avx512_vnni", optimized_graph=True)
     X.write_serving(tmp_path / "int8", precision="int8", **sidecar)
     assert Predictor(tmp_path / "int8").predict(texts=["a fine film"])[0]["label"] in ("fresh", "rotten")

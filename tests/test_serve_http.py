@@ -13,8 +13,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from bort.processes import alive, descendants, free_port
 from serve.predictor import Predictor
-from serve.server import _process_table, deployed_folder, free_port
+from serve.server import deployed_folder
 
 API_KEY = "test-key-123"
 LIMITS = ["serve.batching=always", "serve.max_texts=4", "serve.max_chars=200", "serve.max_body_bytes=2000",
@@ -41,30 +42,18 @@ def server(tiny_export_run, tmp_path_factory):
     try:
         line = proc.stdout.readline()  # printed once /readyz answers
         assert f"http://127.0.0.1:{port}" in line, log_path.read_text()[-3000:]
-        pids = _descendants(proc.pid)
+        pids = descendants(proc.pid)
         assert len(pids) >= 2, "expected BentoML's server process and its worker"
         yield SimpleNamespace(host="127.0.0.1", port=port)
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         deadline = time.monotonic() + 10
-        while _alive(pids) and time.monotonic() < deadline:
+        while alive(pids) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not _alive(pids), "a server process outlived `bort serve`"
+        assert not alive(pids), "a server process outlived `bort serve`"
     finally:
-        for pid in _alive(pids | {proc.pid}):
+        for pid in alive(pids | {proc.pid}):
             os.kill(pid, signal.SIGKILL)
-
-
-def _descendants(pid: int) -> set[int]:
-    table, found, frontier = _process_table(), set(), {pid}
-    while frontier:
-        frontier = {p for p, (ppid, _) in table.items() if ppid in frontier} - found
-        found |= frontier
-    return found
-
-
-def _alive(pids: set[int]) -> set[int]:
-    return pids & _process_table().keys()
 
 
 def request(server, method="POST", path="/classify", body=b"", headers=None):

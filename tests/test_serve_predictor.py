@@ -12,7 +12,8 @@ import pytest
 from conftest import ROOT
 
 from bort.config import ServeConfig
-from serve.predictor import ModelFolderError, Predictor, session_options, softmax
+from runtime.session import session_options
+from serve.predictor import ModelFolderError, Predictor, softmax
 from serve.validation import RequestError, ServiceSettings, check_api_key, check_content_type, parse_body
 
 
@@ -22,8 +23,8 @@ def predictor(tiny_export_run) -> Predictor:
 
 
 def test_serving_modules_import_neither_torch_nor_bentoml():
-    code = ("import sys, serve.predictor, serve.validation; "
-            "bad = [m for m in ('torch', 'bentoml', 'transformers') if m in sys.modules]; "
+    code = ("import sys, serve.predictor, serve.validation, runtime.session; "
+            "bad = [m for m in ('torch', 'bentoml', 'transformers', 'optimum') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -1,16 +1,18 @@
-"""Services under load test: started in their own process group, ready on 127.0.0.1, and gone after."""
+"""The process supervisor (bort/processes.py): services started in their own process group, ready on
+127.0.0.1, and gone after, every group their descendants made included."""
 
 from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 
 import pytest
 from loadtest_support import standin_spec
 
+from bort import processes as S
 from bort.errors import BortError
-from loadtest import servers as S
 
 
 def assert_groups_gone(groups: set[int]) -> None:
@@ -67,3 +69,22 @@ def test_cpu_lists_parse_and_are_checked_against_this_process():
         S.parse_cpus("4096")
     with pytest.raises(BortError, match="expected"):
         S.parse_cpus("a-b")
+
+
+def test_stopping_a_service_leaves_other_process_groups_alone(tmp_path):
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        with S.serving(standin_spec("--spawn-child", "--spawn-session-child"), tmp_path / "server.log") as running:
+            assert bystander.pid not in running.pids()
+            assert running.cpu_s() >= 0.0
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_a_service_without_a_log_file_writes_to_ours_and_still_stops(tmp_path):
+    with S.serving(standin_spec("--spawn-child"), None) as running:
+        pids = running.pids()
+        assert running.proc.pid in pids and len(pids) == 2
+    assert not S.alive(pids)
