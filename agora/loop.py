@@ -34,7 +34,7 @@ Choices the paper leaves open, and ours:
   mistakes to perturb; the new points' labels still come from the labeller alone.
 - **More than two classes**: mistakes are taken round-robin over their gold classes, so one
   confusable class cannot use up a round's point budget; the model and round are picked by
-  ``select_metric`` (accuracy, or macro-F1 for imbalanced tasks).
+  the task's metric (``task.metric``: accuracy on balanced tasks, MCC or macro-F1 on skewed ones).
 - **Selection holdout** (``selection_holdout``, 0 by default: the paper): mistakes are mined from
   one part of dev and θ, rounds and the final model are chosen on the other (a stratified, seeded
   split). With one dev set for both, later rounds fit the very examples they are scored on: on
@@ -58,7 +58,8 @@ from agora import train as T
 from agora.checkpoint import LoopState, load_state, save_state
 from agora.guard import Guard, example_key
 from agora.transform import TextTransform
-from bort.config import parse_theta
+from bort.config import RunConfig
+from bort.metrics import scores
 from bort.task import Example
 
 log = logging.getLogger(__name__)
@@ -74,18 +75,12 @@ class Theta:
     spec: T.TrainSpec
 
 
-def thetas_from_config(cfg: Any) -> list[Theta]:
+def thetas_from_config(cfg: RunConfig) -> list[Theta]:
     """Θ from ``cfg.finetune.thetas``; keys a set leaves out take the section's values."""
     f = cfg.finetune
-    out = []
-    for i, text in enumerate(f.thetas):
-        v = parse_theta(text, f"finetune.thetas[{i}]")
-        spec = T.TrainSpec(lr=v.get("lr", f.lr), weight_decay=v.get("wd", f.weight_decay),
-                           warmup_ratio=v.get("warmup", f.warmup_ratio), epochs=v.get("epochs", f.epochs),
-                           batch_size=int(v.get("batch", f.batch_size)), seed=int(v.get("seed", cfg.seed)),
-                           grad_clip=f.grad_clip, freeze_word_embeddings=f.freeze_word_embeddings)
-        out.append(Theta(text, spec))
-    return out
+    return [Theta(theta.text, T.TrainSpec(**f.theta_values(theta, cfg.seed), grad_clip=f.grad_clip,
+                                          freeze_word_embeddings=f.freeze_word_embeddings))
+            for theta in f.thetas]
 
 
 def prune(names: Sequence[str], score: dict[str, float], rule: str, tolerance: float) -> list[str]:
@@ -117,6 +112,7 @@ class AgoraInputs:
     plain: tuple[T.TrainSpec, Any] | None = None  # (spec, trained model): reused for an identical θ
     labeller_dev_pred: np.ndarray | None = None  # the labeller's dev predictions (mistakes="teachable")
     split: DevSplit | None = None  # set by run_agora from finetune.selection_holdout
+    metric: str = "accuracy"  # what picks θ, round and model (bort.metrics.choose_metric)
 
 
 @dataclass(frozen=True)
@@ -159,7 +155,7 @@ class AgoraResult:
     round1_model: Any = None
 
 
-def run_agora(inputs: AgoraInputs, cfg: Any, checkpoint_dir: Path, fingerprint: str) -> AgoraResult:
+def run_agora(inputs: AgoraInputs, cfg: RunConfig, checkpoint_dir: Path, fingerprint: str) -> AgoraResult:
     """Run the loop within ``cfg.finetune``'s budgets; resume from `checkpoint_dir` when it matches."""
     f = cfg.finetune
     thetas = {t.name: t for t in thetas_from_config(cfg)}
@@ -196,7 +192,7 @@ def run_agora(inputs: AgoraInputs, cfg: Any, checkpoint_dir: Path, fingerprint: 
         row.update({"thetas_left": left if go_on else [], "seconds": round(time.time() - started, 1)})
         state.rows.append(row)
         log.info("agora iteration %d (round %d): dev %s %.4f, best %.4f, %d new points, Θ left %d",
-                 state.iteration, state.round, f.select_metric, round_best["score"], state.best_score,
+                 state.iteration, state.round, inputs.metric, round_best["score"], state.best_score,
                  row["kept"], len(row["thetas_left"]))
         _advance(state, replay and go_on, left if go_on else [])
         save_state(checkpoint_dir, fingerprint, state, best_model, round1_model, inputs.tokenizer)
@@ -213,7 +209,7 @@ def _advance(state: LoopState, replay_next: bool, thetas_next: list[str]) -> Non
     state.thetas = thetas_next
 
 
-def more_epochs_only(inputs: AgoraInputs, cfg: Any, result: AgoraResult) -> Any:
+def more_epochs_only(inputs: AgoraInputs, cfg: RunConfig, result: AgoraResult) -> Any:
     """The ablation: Agora's chain of warm-started runs replayed on the training split alone.
 
     From round 1's best model, each later iteration that produced a new best model (up to the
@@ -249,7 +245,7 @@ def _another_round(left: list[str], replay: bool, f: Any, deadline: float,
     return True, ""
 
 
-def _train_round(inputs: AgoraInputs, cfg: Any, thetas: list[Theta], train_set: list[Example],
+def _train_round(inputs: AgoraInputs, cfg: RunConfig, thetas: list[Theta], train_set: list[Example],
                  best_model: Any, state: LoopState) -> list[dict[str, Any]]:
     """One fine-tune per θ; each scored on dev. Only the round's best model is kept in memory."""
     f = cfg.finetune
@@ -269,7 +265,7 @@ def _train_round(inputs: AgoraInputs, cfg: Any, thetas: list[Theta], train_set: 
             T.fine_tune(model, inputs.tokenizer, train_set, spec, f.seq_len, inputs.guard,
                         desc=f"agora it{state.iteration} {theta.name}")
         dev = T.evaluate(model, inputs.tokenizer, inputs.dev, f.seq_len, f.eval_batch_size, inputs.guard)
-        score = selection_score(inputs, dev, f.select_metric)
+        score = selection_score(inputs, dev, inputs.metric)
         runs.append({"theta": theta.name, "score": score, "dev": dev})
         if kept is None or score > kept["score"]:
             if kept is not None:
@@ -287,7 +283,7 @@ def selection_score(inputs: AgoraInputs, dev: dict[str, Any], metric: str) -> fl
     if split is None or len(split.select) == len(inputs.dev):
         return dev[metric]
     gold = np.array([inputs.dev[i].label for i in split.select], dtype=np.int64)
-    return T.scores(gold, dev["pred"][split.select], len(inputs.labels))[metric]
+    return scores(gold, dev["pred"][split.select], len(inputs.labels))[metric]
 
 
 def _row(state: LoopState, runs: list[dict[str, Any]], best: dict[str, Any], improved: bool,

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bort.artifacts import atomic_write_bytes, atomic_write_json, atomic_write_text
+from bort.config import RunConfig
 
 CSV_COLUMNS = ("iteration", "round", "replay", "thetas", "best_theta", "dev_accuracy", "dev_macro_f1",
                "best_so_far", "improved", "train_size", "mistakes", "mistakes_used", "candidates", "in_band",
@@ -59,29 +60,41 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}"
 
 
-def write_report(folder: Path, metrics: dict[str, Any], rows: list[dict[str, Any]], cfg: Any) -> None:
-    """``report.md``: the three models side by side on the untouched test split, then the rounds."""
-    names = ("labeller", "plain", "agora")
+def write_report(folder: Path, metrics: dict[str, Any], rows: list[dict[str, Any]], cfg: RunConfig) -> None:
+    """``report.md``: the three models and the baselines side by side on the untouched test split, then
+    the rounds."""
+    metric, chance = metrics["metric"], metrics["chance_metric"]
+    cols = list(dict.fromkeys(["accuracy", chance, metric]))
+    names = {"accuracy": "accuracy", "macro_f1": "macro-F1", "mcc": "MCC", "balanced_accuracy": "balanced acc."}
+    gate = metrics["deploy_gate"]
     lines = [
         f"# Fine-tuning report: {metrics['task']}", "",
         f"Deployed model: **{metrics['deploy']}** ({metrics['deploy_reason']}).", "",
-        "Test accuracy is measured on the test split, which no model trained or was selected on "
+        f"Models are picked by dev **{names[metric]}**: {metrics['metric_reason']}. The deploy gate "
+        f"(`bort export`) reads {metrics['deploy']}'s dev {names[metric]} "
+        f"{_pct(gate['dev'][metric])} against the majority baseline's {_pct(gate['majority'][metric])} "
+        f"(permutation p = {gate['p_value']:.3g}; {gate['predicted_classes']} of {len(metrics['labels'])} "
+        "classes predicted).", "",
+        "Test scores are measured on the test split, which no model trained or was selected on "
         "(enforced by `agora.guard.Guard`). Dev scores of Agora are optimistic: its new points are "
         "perturbations of dev mistakes.", "",
-        "| model | test accuracy | test macro-F1 | dev accuracy | dev macro-F1 | seconds |",
-        "|---|---|---|---|---|---|",
+        "| model | " + " | ".join(f"test {names[c]}" for c in cols) + f" | dev {names[metric]} | seconds |",
+        "|---|" + "---|" * (len(cols) + 2),
     ]
-    for name in names:
-        lines.append(f"| {name} | {_pct(metrics['accuracy'][name])} | {_pct(metrics['macro_f1'][name])} | "
-                     f"{_pct(metrics['dev_accuracy'][name])} | {_pct(metrics['dev_macro_f1'][name])} | "
-                     f"{metrics['seconds'][name]} |")
+    for name in ("labeller", "plain", "agora"):
+        lines.append(f"| {name} | " + " | ".join(_pct(metrics["test"][name][c]) for c in cols) +
+                     f" | {_pct(metrics['dev'][name][metric])} | {metrics['seconds'][name]} |")
     enum = metrics["enumeration"]
-    lines.append(f"| Θ enumeration (round 1 only, no new points) | {_pct(enum['accuracy'])} | "
-                 f"{_pct(enum['macro_f1'])} | {_pct(enum['dev_accuracy'])} | | |")
+    lines.append("| Θ enumeration (round 1 only, no new points) | " +
+                 " | ".join(_pct(enum.get(c)) for c in cols) + " | | |")
     if "ablation" in metrics:
         ab = metrics["ablation"]
-        lines.append(f"| Agora's path without its new points (more epochs only) | {_pct(ab['accuracy'])} | "
-                     f"{_pct(ab['macro_f1'])} | {_pct(ab['dev_accuracy'])} | | {ab['seconds']} |")
+        lines.append("| Agora's path without its new points (more epochs only) | " +
+                     " | ".join(_pct(ab.get(c)) for c in cols) + f" | {_pct(ab['dev'].get(metric))} | {ab['seconds']} |")
+    for base, label in (("majority", "always the majority class"), ("stratified", "stratified random (expected)")):
+        lines.append(f"| *baseline: {label}* | " +
+                     " | ".join(_pct(metrics["baselines"]["test"][base][c]) for c in cols) +
+                     f" | {_pct(metrics['baselines']['dev'][base][metric])} | |")
     lines += [
         "",
         f"Gap closed by Agora: {metrics['gap_closed_text']}.", "",

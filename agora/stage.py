@@ -23,6 +23,7 @@ from agora import train as T
 from agora.guard import Guard
 from agora.transform import GSettings, Neighbours, TextTransform, has_mlm_head, sentence_embedder
 from bort import families as F
+from bort import metrics
 from bort.artifacts import (
     MANIFEST,
     Manifest,
@@ -34,6 +35,7 @@ from bort.artifacts import (
     stage_fingerprint,
     write_manifest,
 )
+from bort.config import RunConfig
 from bort.errors import ArtifactError, BortError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,7 @@ TRAIN_KEYS = ("seq_len", "batch_size", "weight_decay", "warmup_ratio", "grad_cli
 
 
 class LabellerTooWeakError(BortError):
-    """The labeller's dev accuracy is not above ``finetune.labeller_min_dev_accuracy``."""
+    """The labeller does not beat the majority baseline by ``finetune.labeller_min_margin``."""
 
 
 @dataclass
@@ -56,7 +58,7 @@ class Trained:
     cached: bool = False
 
 
-def run(cfg: Any, run_dir: Path, args: Any = None) -> Manifest:
+def run(cfg: RunConfig, run_dir: Path, args: Any = None) -> Manifest:
     """Make the labeller, plain and Agora classifiers; write models, log, plot, report, manifest."""
     import torch
 
@@ -81,29 +83,32 @@ def run(cfg: Any, run_dir: Path, args: Any = None) -> Manifest:
     guard = Guard(task.test)
     train, dev = guard.filter(task.train, "train"), guard.filter(task.dev, "dev")
     source = F.resolve_source(cfg.source.model)
+    judge = Judge.for_task(cfg, task, dev)
+    log.info("finetune: models are picked by dev %s (%s)", judge.metric, judge.why)
     labeller = ensure_labeller(cfg, out, source, task.labels, train, dev, guard)
-    check_labeller(labeller, cfg, len(dev))
+    labeller_gate = check_labeller(labeller, cfg, judge)
     plain = ensure_plain(cfg, out, student_dir, upstream, task.labels, train, dev, guard)
     agora_started = time.time()
-    inputs = _agora_inputs(cfg, source, student_dir, task.labels, train, dev, guard, labeller, plain)
+    inputs = _agora_inputs(cfg, source, student_dir, task.labels, train, dev, guard, labeller, plain, judge.metric)
     result = loop.run_agora(inputs, cfg, out / "checkpoints" / "agora", fingerprint)
     T.save_classifier(result.model, plain.tokenizer, out / "models" / "agora")
     agora = Trained(result.model, plain.tokenizer, result.dev, round(time.time() - agora_started, 1))
-    metrics = _metrics(cfg, task, {"labeller": labeller, "plain": plain, "agora": agora}, result, guard)
+    facts = _metrics(cfg, task, {"labeller": labeller, "plain": plain, "agora": agora}, result, guard, judge)
+    facts["labeller_gate"] = labeller_gate
     if cfg.finetune.ablation:
-        metrics["ablation"] = _ablation(cfg, inputs, result, task.test)
-    metrics["seconds"]["total"] = round(time.time() - started, 1)
+        facts["ablation"] = _ablation(cfg, inputs, result, task.test)
+    facts["seconds"]["total"] = round(time.time() - started, 1)
     report.write_rounds(out, result.rows)
     report.plot_rounds(out / "accuracy.png", result.rows, {"plain": plain.dev, "labeller": labeller.dev},
-                       cfg.finetune.select_metric)
-    report.write_report(out, metrics, result.rows, cfg)
-    manifest = write_manifest(run_dir, STAGE, cfg, fingerprint=fingerprint, metrics=metrics,
+                       judge.metric)
+    report.write_report(out, facts, result.rows, cfg)
+    manifest = write_manifest(run_dir, STAGE, cfg, fingerprint=fingerprint, metrics=facts,
                               inputs={"pretrain": upstream}, started=started)
     shutil.rmtree(out / "checkpoints" / "agora", ignore_errors=True)  # done: the models are in models/
     return manifest
 
 
-def locate_student(cfg: Any, run_dir: Path) -> tuple[Path, str]:
+def locate_student(cfg: RunConfig, run_dir: Path) -> tuple[Path, str]:
     """The student's folder and the fingerprint it stands for (pretrain's, or a folder's hash)."""
     if cfg.finetune.student:
         folder = Path(cfg.finetune.student).expanduser()
@@ -119,9 +124,11 @@ def locate_student(cfg: Any, run_dir: Path) -> tuple[Path, str]:
     return manifest.dir / "model", manifest.fingerprint
 
 
-def _part_fingerprint(cfg: Any, keys: tuple[str, ...], extra: dict[str, Any]) -> str:
-    f = cfg.to_dict()["finetune"]
-    blob = {"seed": cfg.seed, "task": cfg.to_dict()["task"], **{k: f[k] for k in keys}, **extra}
+def _part_fingerprint(cfg: RunConfig, keys: tuple[str, ...], extra: dict[str, Any]) -> str:
+    data = cfg.to_dict()
+    f = data["finetune"]
+    task = {k: v for k, v in data["task"].items() if k != "metric"}  # how models are judged, not trained
+    blob = {"seed": cfg.seed, "task": task, **{k: f[k] for k in keys}, **extra}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -136,15 +143,17 @@ def _cached(out: Path, name: str, fingerprint: str) -> dict[str, Any] | None:
     return data
 
 
-def _train_part(cfg: Any, out: Path, name: str, fingerprint: str, encoder_dir: Path, labels: list[str],
+def _train_part(cfg: RunConfig, out: Path, name: str, fingerprint: str, encoder_dir: Path, labels: list[str],
                 spec: T.TrainSpec, train: list, dev: list, guard: Guard) -> Trained:
     """Load a cached part, or fine-tune `encoder_dir` on train, score dev, save, record."""
     f = cfg.finetune
     if (record := _cached(out, name, fingerprint)) is not None:
         log.info("%s: cached (%s)", name, out / "models" / name)
-        model = T.load_classifier(out / "models" / name)
-        return Trained(model, F.load_tokenizer(out / "models" / name), record["dev"], record["seconds"],
-                       cached=True)
+        model, tokenizer = T.load_classifier(out / "models" / name), F.load_tokenizer(out / "models" / name)
+        dev_scores = record["dev"]
+        if not set(metrics.METRICS) <= set(dev_scores):  # recorded before bort scored every metric
+            dev_scores = T.evaluate(model, tokenizer, dev, f.seq_len, f.eval_batch_size, guard)
+        return Trained(model, tokenizer, dev_scores, record["seconds"], cached=True)
     started = time.time()
     tokenizer = _tokenizer(encoder_dir, cfg)
     model = T.new_classifier(encoder_dir, labels, spec.seed)
@@ -161,7 +170,7 @@ def _train_part(cfg: Any, out: Path, name: str, fingerprint: str, encoder_dir: P
     return Trained(model, tokenizer, {**dev_scores, "pred": scored["pred"]}, seconds)
 
 
-def _tokenizer(folder: Path, cfg: Any) -> Any:
+def _tokenizer(folder: Path, cfg: RunConfig) -> Any:
     """The folder's tokenizer; the source's when the folder has none (a bare weights folder)."""
     if any((folder / name).is_file() for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
         return F.load_tokenizer(folder)
@@ -169,7 +178,7 @@ def _tokenizer(folder: Path, cfg: Any) -> Any:
     return F.load_tokenizer(F.resolve_source(cfg.source.model).folder)
 
 
-def ensure_labeller(cfg: Any, out: Path, source: Any, labels: list[str], train: list, dev: list,
+def ensure_labeller(cfg: RunConfig, out: Path, source: Any, labels: list[str], train: list, dev: list,
                     guard: Guard) -> Trained:
     """The source model fine-tuned on the task (cached in the run for the same settings)."""
     f = cfg.finetune
@@ -181,27 +190,25 @@ def ensure_labeller(cfg: Any, out: Path, source: Any, labels: list[str], train: 
     return _train_part(cfg, out, "labeller", fp, source.folder, labels, spec, train, dev, guard)
 
 
-def check_labeller(labeller: Trained, cfg: Any, n_dev: int) -> None:
-    """Agora needs an ok-ish labeller (the paper: dev accuracy above 2/3).
-
-    Compared exactly, from the count of correct answers: the recorded accuracy is rounded to 4
-    places, and 166 of 249 right (exactly 2/3) must not pass as 0.6667.
+def check_labeller(labeller: Trained, cfg: RunConfig, judge: Judge) -> dict[str, Any]:
+    """Agora needs an ok-ish labeller: its chance-corrected dev score (MCC for two classes, macro-F1
+    for more) must beat the majority baseline's by ``finetune.labeller_min_margin`` points.
 
     Raises:
-        LabellerTooWeakError: naming the accuracy, the threshold and what to change.
+        LabellerTooWeakError: naming the scores, the margin and what to change.
     """
-    floor = cfg.finetune.labeller_min_dev_accuracy
-    mistakes = labeller.dev.get("mistakes")
-    exact = (n_dev - mistakes) / n_dev if mistakes is not None and n_dev else labeller.dev["accuracy"]
-    if exact <= floor + 1e-12:
+    metric = metrics.chance_corrected(len(judge.labels))
+    verdict = metrics.gate("the labeller", labeller.dev, judge.dev_baselines["majority"], metric,
+                           cfg.finetune.labeller_min_margin)
+    if not verdict["passed"]:
         raise LabellerTooWeakError(
-            f"the labeller (source model {cfg.source.model!r} fine-tuned on the task) reached dev accuracy "
-            f"{labeller.dev['accuracy']:.4f}, not above finetune.labeller_min_dev_accuracy={floor:.4f}: its "
-            "labels would teach the student noise. Train it longer (finetune.labeller_epochs), use a "
-            "stronger source model, or lower the threshold if you accept that")
+            f"{verdict['text']}: the labeller (source model {cfg.source.model!r} fine-tuned on the task) "
+            "would teach the student noise. Train it longer (finetune.labeller_epochs), use a stronger "
+            "source model or more data, or lower finetune.labeller_min_margin if you accept that")
+    return verdict
 
 
-def ensure_plain(cfg: Any, out: Path, student_dir: Path, upstream: str, labels: list[str], train: list,
+def ensure_plain(cfg: RunConfig, out: Path, student_dir: Path, upstream: str, labels: list[str], train: list,
                  dev: list, guard: Guard) -> Trained:
     """The control: the student fine-tuned on the training split alone (cached like the labeller)."""
     spec = plain_spec(cfg)
@@ -209,7 +216,7 @@ def ensure_plain(cfg: Any, out: Path, student_dir: Path, upstream: str, labels: 
     return _train_part(cfg, out, "plain", fp, student_dir, labels, spec, train, dev, guard)
 
 
-def plain_spec(cfg: Any) -> T.TrainSpec:
+def plain_spec(cfg: RunConfig) -> T.TrainSpec:
     """Plain fine-tuning's settings: the ``finetune`` section's own values."""
     f = cfg.finetune
     return T.TrainSpec(lr=f.lr, weight_decay=f.weight_decay, warmup_ratio=f.warmup_ratio, epochs=f.epochs,
@@ -217,8 +224,8 @@ def plain_spec(cfg: Any) -> T.TrainSpec:
                        freeze_word_embeddings=f.freeze_word_embeddings)
 
 
-def _agora_inputs(cfg: Any, source: Any, student_dir: Path, labels: list[str], train: list, dev: list,
-                  guard: Guard, labeller: Trained, plain: Trained) -> loop.AgoraInputs:
+def _agora_inputs(cfg: RunConfig, source: Any, student_dir: Path, labels: list[str], train: list, dev: list,
+                  guard: Guard, labeller: Trained, plain: Trained, metric: str) -> loop.AgoraInputs:
     """Wire G (neighbours from the labeller, band embeddings, guard) and the labelling function."""
     f = cfg.finetune
     if f.embedder == "source":
@@ -249,28 +256,29 @@ def _agora_inputs(cfg: Any, source: Any, student_dir: Path, labels: list[str], t
         if teacher is None:  # a cached labeller: its part record keeps scores, not predictions
             teacher = T.evaluate(labeller.model, labeller.tokenizer, dev, f.seq_len, f.eval_batch_size, guard)["pred"]
     return loop.AgoraInputs(student_dir, plain.tokenizer, labels, train, dev, guard, transform, label,
-                            plain=(plain_spec(cfg), plain.model), labeller_dev_pred=teacher)
+                            plain=(plain_spec(cfg), plain.model), labeller_dev_pred=teacher, metric=metric)
 
 
-def _ablation(cfg: Any, inputs: loop.AgoraInputs, result: loop.AgoraResult, test: list) -> dict[str, Any]:
+def _ablation(cfg: RunConfig, inputs: loop.AgoraInputs, result: loop.AgoraResult, test: list) -> dict[str, Any]:
     """Scores of Agora's path re-run without its new points (see :func:`agora.loop.more_epochs_only`)."""
     f = cfg.finetune
     started = time.time()
     model = loop.more_epochs_only(inputs, cfg, result)
     dev = T.evaluate(model, inputs.tokenizer, inputs.dev, f.seq_len, f.eval_batch_size, inputs.guard)
     scored = T.evaluate(model, inputs.tokenizer, test, f.seq_len, f.eval_batch_size)
-    return {"accuracy": scored["accuracy"], "macro_f1": scored["macro_f1"], "dev_accuracy": dev["accuracy"],
+    return {**_public(scored), "dev_accuracy": dev["accuracy"], "dev": _public(dev),
             "seconds": round(time.time() - started, 1)}
 
 
-def _metrics(cfg: Any, task: Any, models: dict[str, Trained], result: loop.AgoraResult,
-             guard: Guard) -> dict[str, Any]:
-    """Test scores of the three models (and of round 1 alone), the deploy choice, counts and times."""
+def _metrics(cfg: RunConfig, task: Any, models: dict[str, Trained], result: loop.AgoraResult,
+             guard: Guard, judge: Judge) -> dict[str, Any]:
+    """Test scores of the three models (and of round 1 alone) beside the baselines, the deploy choice
+    and the facts the deploy gate reads, counts and times."""
     f = cfg.finetune
     test = {name: T.evaluate(m.model, m.tokenizer, task.test, f.seq_len, f.eval_batch_size)
             for name, m in models.items()}
     enum = T.evaluate(result.round1_model, models["plain"].tokenizer, task.test, f.seq_len, f.eval_batch_size)
-    metric = f.select_metric
+    metric = judge.metric
     plain_dev, agora_dev = models["plain"].dev[metric], models["agora"].dev[metric]
     deploy = "plain" if plain_dev > agora_dev else "agora"
     reason = (f"plain fine-tuning beat Agora on dev {metric} ({plain_dev:.4f} > {agora_dev:.4f})"
@@ -281,11 +289,14 @@ def _metrics(cfg: Any, task: Any, models: dict[str, Trained], result: loop.Agora
     first = result.rows[0]
     return {
         "task": task.name, "labels": list(task.labels), "deploy": deploy, "deploy_reason": reason,
+        "metric": metric, "metric_reason": judge.why, "chance_metric": metrics.chance_corrected(len(task.labels)),
+        "test": {n: _public(test[n]) for n in models}, "dev": {n: _public(m.dev) for n, m in models.items()},
+        "baselines": {"dev": judge.dev_baselines, "test": judge.test_baselines},
+        "deploy_gate": judge.gate_facts(deploy, models[deploy], cfg, guard),
         "accuracy": acc, "macro_f1": {n: test[n]["macro_f1"] for n in models},
         "dev_accuracy": {n: m.dev["accuracy"] for n, m in models.items()},
         "dev_macro_f1": {n: m.dev["macro_f1"] for n, m in models.items()},
-        "enumeration": {"accuracy": enum["accuracy"], "macro_f1": enum["macro_f1"],
-                        "dev_accuracy": first["dev_accuracy"]},
+        "enumeration": {**_public(enum), "dev_accuracy": first["dev_accuracy"]},
         "gap_closed": None if closed is None else round(closed, 4),
         "gap_closed_text": "n/a (the labeller is not ahead of plain on test)" if closed is None else
         f"{100 * closed:.0f}% of the labeller's {100 * gap:.2f}-point lead over plain on test",
@@ -299,3 +310,39 @@ def _metrics(cfg: Any, task: Any, models: dict[str, Trained], result: loop.Agora
         "sizes": {"train": len(task.train), "dev": len(task.dev), "test": len(task.test)},
         "models": {name: f"models/{name}" for name in models},
     }
+
+
+def _public(scored: dict[str, Any]) -> dict[str, float]:
+    """The metrics of an evaluation, without its predictions."""
+    return {k: scored[k] for k in metrics.METRICS if k in scored}
+
+
+@dataclass
+class Judge:
+    """How this task's models are judged: the metric (and why), and the baselines on dev and test."""
+
+    metric: str
+    why: str
+    labels: list[str]
+    dev: list  # the dev examples models are scored on (after the guard's filter)
+    dev_baselines: dict[str, dict[str, float]]
+    test_baselines: dict[str, dict[str, float]]
+
+    @classmethod
+    def for_task(cls, cfg: RunConfig, task: Any, dev: list) -> Judge:
+        train = [e.label for e in task.train]
+        n = len(task.labels)
+        metric, why = metrics.choose_metric(cfg.task.metric, train, n)
+        return cls(metric, why, list(task.labels), dev, metrics.baselines(train, [e.label for e in dev], n),
+                   metrics.baselines(train, [e.label for e in task.test], n))
+
+    def gate_facts(self, name: str, model: Trained, cfg: RunConfig, guard: Guard) -> dict[str, Any]:
+        """What the deploy gate (``bort export``) decides on: the deployed student's dev score on the
+        task's metric, the majority baseline's, and a permutation test of its dev predictions."""
+        f = cfg.finetune
+        dev = T.evaluate(model.model, model.tokenizer, self.dev, f.seq_len, f.eval_batch_size, guard)
+        p_value = metrics.permutation_p([e.label for e in self.dev], dev["pred"], len(self.labels), self.metric,
+                                        seed=cfg.seed)
+        return {"model": name, "metric": self.metric, "dev": _public(dev),
+                "majority": self.dev_baselines["majority"], "p_value": round(p_value, 6),
+                "predicted_classes": int(len(set(dev["pred"].tolist())))}

@@ -31,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 from agora.guard import Guard
+from bort import metrics
 
 log = logging.getLogger(__name__)
 
@@ -277,25 +278,16 @@ def predict(model: Any, tokenizer: Any, examples: Sequence[Any], seq_len: int,
     return out
 
 
-def scores(gold: np.ndarray, pred: np.ndarray, n_labels: int) -> dict[str, float]:
-    """Accuracy and macro-F1 (every label counts, even one never predicted)."""
-    from sklearn.metrics import f1_score
-
-    accuracy = float(np.mean(gold == pred)) if len(gold) else 0.0
-    macro = float(f1_score(gold, pred, labels=list(range(n_labels)), average="macro", zero_division=0))
-    return {"accuracy": round(accuracy, 4), "macro_f1": round(macro, 4)}
-
-
 def evaluate(model: Any, tokenizer: Any, examples: Sequence[Any], seq_len: int, batch_size: int = 128,
              guard: Guard | None = None, where: str = "dev") -> dict[str, Any]:
     """Scores on `examples`, plus the predictions. With a `guard`, the set is checked first (selection).
 
     Returns:
-        ``{"accuracy", "macro_f1", "mistakes", "pred": np.ndarray}``.
+        every metric of :data:`bort.metrics.METRICS`, ``"mistakes"`` and ``"pred"`` (np.ndarray).
     """
     if guard is not None:
         guard.check(examples, f"model selection on {where}")
     probs = predict(model, tokenizer, examples, seq_len, batch_size)
     pred = probs.argmax(axis=1)
     gold = np.array([e.label for e in examples], dtype=np.int64)
-    return {**scores(gold, pred, model.config.num_labels), "mistakes": int(np.sum(pred != gold)), "pred": pred}
+    return {**metrics.scores(gold, pred, model.config.num_labels), "mistakes": int(np.sum(pred != gold)), "pred": pred}

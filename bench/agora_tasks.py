@@ -46,7 +46,7 @@ STUDENTS = {"extract": ("minilm", STUDENT_LAYERS, "agora_student_L3"),
 TASKS: dict[str, tuple[str, list[str], str]] = {
     "rotten_tomatoes": ("rotten_tomatoes", [],
                         "issue 5 (measured here): MiniLM-L6 fine-tuned 84.2, 3-layer extract plain 82.8"),
-    "bbc_news": ("bbc_news", ["finetune.seq_len=128", "finetune.select_metric=macro_f1"],
+    "bbc_news": ("bbc_news", ["finetune.seq_len=128", "task.metric=macro_f1"],
                  "none published for this split; 5 classes, near-balanced"),
     "sst2": (str(GLUE / "SST-2"), ["task.max_train_rows=20000"],
              "BERT-base dev 92-93; BERT-large test 94.9; Bort (test, with Agora) 96.2"),

@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from bort import config  # noqa: E402
 from bort.artifacts import atomic_write_json, atomic_write_text, cpu_info, library_versions, read_manifest  # noqa: E402
+from bort.config import RunConfig  # noqa: E402
 from loadtest import report, services  # noqa: E402
 from loadtest.locust_run import Profile  # noqa: E402
 from loadtest.measure import ModelPlan, measure_all  # noqa: E402
@@ -78,7 +79,7 @@ def long_texts(texts: list[str], tokenizer: Any, min_tokens: int, count: int = 2
     return out
 
 
-def task_texts(cfg: Any, run_dir: Path | None) -> tuple[list[str], list[str]]:
+def task_texts(cfg: RunConfig, run_dir: Path | None) -> tuple[list[str], list[str]]:
     """The test texts and labels of the run (or of the configured task, split here)."""
     from bort import data
 
@@ -91,7 +92,7 @@ def write_texts(path: Path, texts: list[str], labels: list[str]) -> Path:
     return path
 
 
-def shape_plans(cfg: Any, labels: list[str], config_file: Path, work: Path, baseline_shape: str,
+def shape_plans(cfg: RunConfig, labels: list[str], config_file: Path, work: Path, baseline_shape: str,
                 bort_shape: str) -> list[ModelPlan]:
     port, timeout = cfg.loadtest.port, cfg.loadtest.start_timeout_s
     plans = []
@@ -102,7 +103,7 @@ def shape_plans(cfg: Any, labels: list[str], config_file: Path, work: Path, base
     return plans
 
 
-def real_plans(cfg: Any, run_dir: Path, config_file: Path, work: Path) -> list[ModelPlan]:
+def real_plans(cfg: RunConfig, run_dir: Path, config_file: Path, work: Path) -> list[ModelPlan]:
     """Source (labeller) and extracted (deployed) models of a run's export, fp32 and int8 each."""
     export = read_manifest(run_dir, "export")
     finetune = read_manifest(run_dir, "finetune")

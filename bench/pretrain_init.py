@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 from bort import config  # noqa: E402
 from bort import families as F  # noqa: E402
 from bort.artifacts import atomic_write_json, atomic_write_text, cpu_info, library_versions  # noqa: E402
+from bort.config import RunConfig  # noqa: E402
 
 log = logging.getLogger("pretrain_init")
 OUT = ROOT / "bench" / "results"
@@ -60,13 +61,12 @@ def probe_accuracy(model: Any, tokenizer: Any, train: list[Any], test: list[Any]
     return float(clf.score(x_test, [e.label for e in test]))
 
 
-def run_init(cfg: Any, init: str, source: F.Source, arch: F.Arch, corpus: tuple[list[str], list[str]]) -> Any:
+def run_init(cfg: RunConfig, init: str, source: F.Source, arch: F.Arch, corpus: tuple[list[str], list[str]]) -> Any:
     """Distil one student with `init` (no checkpoints), as `bort pretrain` does."""
-    import dataclasses
 
     from pretrain import stage as pretrain
 
-    cfg = dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, init=init))
+    cfg = cfg.replace(pretrain={"init": init})
     log.info("distilling %s (%s) for %.0f s", arch.label(), init, cfg.pretrain.time_budget_s)
     return pretrain.distil(cfg, source, arch, *corpus, checkpoints=None)
 

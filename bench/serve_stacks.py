@@ -69,9 +69,9 @@ def stack_times(stack: str, folder: Path, n: int) -> list[float]:
     import bentoml
 
     os.environ["BORT_SERVE_MODEL_DIR"] = str(folder)
+    from bort.config import ServeConfig
     from serve import service
     from serve.app import Engine, build_app
-    from serve.validation import ServiceSettings
 
     @bentoml.service(name="api-compare", logging={"access": {"enabled": False}})
     class ApiClassifier:
@@ -81,7 +81,7 @@ def stack_times(stack: str, folder: Path, n: int) -> list[float]:
 
     if stack == STACKS[0]:
         app = build_app()
-        app.state.engine = Engine(StubPredictor(), ServiceSettings())
+        app.state.engine = Engine(StubPredictor(), ServeConfig())
     else:
         app = ApiClassifier.to_asgi() if stack == STACKS[3] else service.Classifier.to_asgi()
     body = json.dumps({"texts": ["a short review"]}).encode()

@@ -16,10 +16,13 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bort.errors import ArtifactError
 from bort.stages import stage as stage_info
+
+if TYPE_CHECKING:
+    from bort.config import RunConfig
 
 MANIFEST = "manifest.json"
 
@@ -137,7 +140,7 @@ def stage_dir(run_dir: str | Path, stage: str) -> Path:
     return Path(run_dir) / stage
 
 
-def stage_fingerprint(cfg: Any, stage: str, upstream: dict[str, str] | None = None) -> str:
+def stage_fingerprint(cfg: RunConfig, stage: str, upstream: dict[str, str] | None = None) -> str:
     """The fingerprint of a stage: its config sections plus its upstream stages' fingerprints.
 
     Raises:
@@ -165,7 +168,7 @@ def _collect_outputs(folder: Path) -> dict[str, str]:
 def write_manifest(
     run_dir: str | Path,
     stage: str,
-    cfg: Any,
+    cfg: RunConfig,
     *,
     fingerprint: str,
     metrics: dict[str, Any],

@@ -14,7 +14,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,12 +22,15 @@ from bort.errors import DataError
 from bort.task import TaskData
 from bort.taskfiles import decode_utf8, normalize_text
 
+if TYPE_CHECKING:
+    from bort.config import RunConfig
+
 log = logging.getLogger(__name__)
 
 MIN_GCIDE_WORDS = 6
 
 
-def corpus_texts(cfg: Any, task: TaskData) -> tuple[list[str], list[str]]:
+def corpus_texts(cfg: RunConfig, task: TaskData) -> tuple[list[str], list[str]]:
     """The distillation corpus as (train texts, held-out texts), disjoint, seeded.
 
     Args:

@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,12 +33,15 @@ from bort.errors import ArtifactError, DataError
 from bort.task import SPLITS, Example, TaskData
 from bort.taskfiles import read_source, source_files
 
+if TYPE_CHECKING:
+    from bort.config import RunConfig, TaskConfig
+
 log = logging.getLogger(__name__)
 
 STAGE = "data"
 
 
-def load_task(cfg: Any) -> TaskData:
+def load_task(cfg: RunConfig) -> TaskData:
     """Read ``cfg.task``'s source, map labels, split it with ``cfg.seed`` and apply the row caps.
 
     A GLUE folder's dev file becomes the test split; bort's dev split is carved out of its train
@@ -70,14 +73,14 @@ def load_task(cfg: Any) -> TaskData:
     return TaskData(cfg.task.name, labels, out["train"], out["dev"], out["test"])
 
 
-def _check_split_sizes(out: dict[str, list[Example]], cfg: Any) -> None:
+def _check_split_sizes(out: dict[str, list[Example]], cfg: RunConfig) -> None:
     if not out["train"] or (cfg.task.dev_fraction > 0 and not out["dev"]):
         sizes = ", ".join(f"{k} {len(v)}" for k, v in out.items())
         raise DataError(f"task {cfg.task.name!r}: too few rows or groups to split ({sizes}); "
                         "add rows, or lower task.dev_fraction / task.test_fraction")
 
 
-def source_digest(task_cfg: Any) -> str:
+def source_digest(task_cfg: TaskConfig) -> str:
     """sha256 over the task's source files: a changed file makes stored splits stale."""
     h = hashlib.sha256()
     for path in source_files(task_cfg):
@@ -86,7 +89,7 @@ def source_digest(task_cfg: Any) -> str:
     return h.hexdigest()
 
 
-def prepare(cfg: Any, run_dir: str | Path) -> TaskData:
+def prepare(cfg: RunConfig, run_dir: str | Path) -> TaskData:
     """Split the task once and store it in ``<run>/data/``; reuse the stored splits while current.
 
     Stored splits are current when the manifest verifies, its fingerprint (seed and ``task``
@@ -162,7 +165,7 @@ def balance_table(task: TaskData) -> str:
     return "\n".join(lines)
 
 
-def command(cfg: Any, run_dir: str | Path, args: Any = None) -> int:
+def command(cfg: RunConfig, run_dir: str | Path, args: Any = None) -> int:
     """``bort data``: print sizes and class balance per split; with ``--prepare``, store the splits."""
     store = bool(getattr(args, "prepare", False))
     task = prepare(cfg, run_dir) if store else load_task(cfg)

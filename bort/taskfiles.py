@@ -16,9 +16,12 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from bort.errors import DataError
+
+if TYPE_CHECKING:
+    from bort.config import TaskConfig
 
 EMBEDDED_TASKS = ("rotten_tomatoes", "bbc_news")
 RT_LABELS = ["rotten", "fresh"]
@@ -52,7 +55,7 @@ class RawTable:
     typed_labels: bool = False  # JSON keeps 1 and "1" apart; CSV / TSV labels are all strings
 
 
-def read_source(task_cfg: Any) -> RawTable:
+def read_source(task_cfg: TaskConfig) -> RawTable:
     """Read whatever ``task.name`` names: an embedded set, a .csv / .jsonl file, or a GLUE folder."""
     name = task_cfg.name
     if name == "rotten_tomatoes":
@@ -73,7 +76,7 @@ def read_source(task_cfg: Any) -> RawTable:
     )
 
 
-def source_files(task_cfg: Any) -> list[Path]:
+def source_files(task_cfg: TaskConfig) -> list[Path]:
     """The files a task source is read from (their hashes go into the data manifest)."""
     from bort import assets
 
@@ -119,7 +122,7 @@ def _check_columns(path: Path, found: list[str], wanted: dict[str, str]) -> None
             )
 
 
-def _wanted_columns(task_cfg: Any) -> dict[str, str]:
+def _wanted_columns(task_cfg: TaskConfig) -> dict[str, str]:
     return {"text_column": task_cfg.text_column, "text_pair_column": task_cfg.text_pair_column,
             "label_column": task_cfg.label_column, "group_column": task_cfg.group_column}
 
@@ -159,7 +162,7 @@ def read_bbc_news() -> RawTable:
     return RawTable(rows, [root], columns=("article", None, "folder"), label_order=sorted({r.label for r in rows}))
 
 
-def read_csv(path: Path, task_cfg: Any, *, delimiter: str = ",") -> RawTable:
+def read_csv(path: Path, task_cfg: TaskConfig, *, delimiter: str = ",") -> RawTable:
     """A user CSV with a header row; columns named by the ``task`` config."""
     text = _read_text(path)
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
@@ -183,11 +186,11 @@ def read_csv(path: Path, task_cfg: Any, *, delimiter: str = ",") -> RawTable:
     return RawTable(rows, [path], is_pair=bool(c.text_pair_column), columns=_columns(c))
 
 
-def _columns(task_cfg: Any) -> tuple[str, str | None, str]:
+def _columns(task_cfg: TaskConfig) -> tuple[str, str | None, str]:
     return task_cfg.text_column, task_cfg.text_pair_column or None, task_cfg.label_column
 
 
-def read_jsonl(path: Path, task_cfg: Any) -> RawTable:
+def read_jsonl(path: Path, task_cfg: TaskConfig) -> RawTable:
     """A user JSON Lines file: one object per line; keys named by the ``task`` config."""
     text = _read_text(path)
     c = task_cfg
@@ -215,7 +218,7 @@ def read_jsonl(path: Path, task_cfg: Any) -> RawTable:
     return RawTable(rows, [path], is_pair=bool(c.text_pair_column), columns=_columns(c), typed_labels=True)
 
 
-def _glue_columns(path: Path, header: list[str], task_cfg: Any) -> tuple[str, str | None, str]:
+def _glue_columns(path: Path, header: list[str], task_cfg: TaskConfig) -> tuple[str, str | None, str]:
     """Pick (text, pair, label) columns: the configured names if present, else a GLUE layout."""
     if task_cfg.text_column in header and task_cfg.label_column in header:
         pair = task_cfg.text_pair_column or None
@@ -232,7 +235,7 @@ def _glue_columns(path: Path, header: list[str], task_cfg: Any) -> tuple[str, st
     )
 
 
-def _read_tsv(path: Path, columns: tuple[str, str | None, str] | None, task_cfg: Any):
+def _read_tsv(path: Path, columns: tuple[str, str | None, str] | None, task_cfg: TaskConfig):
     """GLUE TSVs are unquoted: QUOTE_NONE, so a stray double quote stays part of the text."""
     if not path.is_file():
         raise DataError(f"{path.parent}: GLUE folder has no {path.name}; expected train.tsv and dev.tsv")
@@ -259,7 +262,7 @@ def _read_tsv(path: Path, columns: tuple[str, str | None, str] | None, task_cfg:
     return rows, (text_col, pair_col, label_col)
 
 
-def read_glue_folder(folder: Path, task_cfg: Any) -> RawTable:
+def read_glue_folder(folder: Path, task_cfg: TaskConfig) -> RawTable:
     """A GLUE-style folder: ``train.tsv`` and ``dev.tsv``. GLUE dev becomes bort's untouched test split."""
     train, columns = _read_tsv(folder / "train.tsv", None, task_cfg)
     test, _ = _read_tsv(folder / "dev.tsv", columns, task_cfg)

@@ -15,6 +15,7 @@ from typing import Any
 
 from bort import families as F
 from bort.artifacts import Manifest, atomic_write_text
+from bort.config import RunConfig
 from bort.errors import ArtifactError
 from bort.processes import HOST, ServiceSpec
 from loadtest.measure import ModelPlan
@@ -23,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent  # the project folder (holds bort/
 PORT_HINT = "stop it or choose another with --set loadtest.port=N"
 
 
-def write_config(cfg: Any, path: Path) -> Path:
+def write_config(cfg: RunConfig, path: Path) -> Path:
     """The run's whole resolved config as YAML, for the ``bort serve`` subprocesses (serve host
     forced to 127.0.0.1: load-test traffic never leaves the machine)."""
     import yaml
@@ -64,7 +65,7 @@ def folder_spec(name: str, folder: Path, port: int, config_file: Path, start_tim
     return bort_serve_spec(name, port, config_file, start_timeout_s, model_dir=folder)
 
 
-def torch_spec(folder: Path, cfg: Any, port: int, start_timeout_s: float, labels: list[str] | None = None) -> ServiceSpec:
+def torch_spec(folder: Path, cfg: RunConfig, port: int, start_timeout_s: float, labels: list[str] | None = None) -> ServiceSpec:
     """The labeller served in PyTorch by :mod:`loadtest.torch_service`, same BentoML server."""
     if not (folder / "config.json").is_file():
         raise ArtifactError(f"{folder} (the labeller) is missing; rerun `bort finetune`")
@@ -77,7 +78,7 @@ def torch_spec(folder: Path, cfg: Any, port: int, start_timeout_s: float, labels
                        cwd=str(ROOT), port_hint=PORT_HINT)
 
 
-def shape_plan(shape: str, precision: str, labels: list[str], cfg: Any, port: int, config_file: Path,
+def shape_plan(shape: str, precision: str, labels: list[str], cfg: RunConfig, port: int, config_file: Path,
                start_timeout_s: float, role: str = "baseline") -> ModelPlan:
     """An architecture-only model (random weights) at `shape`, exported and served: speed only.
 

@@ -37,6 +37,7 @@ from bort.artifacts import (
     stage_fingerprint,
     write_manifest,
 )
+from bort.config import RunConfig
 from bort.errors import ConfigError
 from bort.processes import parse_cpus
 from loadtest import render, report
@@ -49,7 +50,7 @@ STAGE = "loadtest"
 UPSTREAM = ("finetune", "export")
 
 
-def run(cfg: Any, run_dir: Path, args: Any = None) -> Manifest | int:
+def run(cfg: RunConfig, run_dir: Path, args: Any = None) -> Manifest | int:
     """Load-test baseline and optimised services; write the report; SLO verdict as exit code."""
     started, run_dir = time.time(), Path(run_dir)
     upstream = {name: read_manifest(run_dir, name) for name in UPSTREAM}
@@ -82,7 +83,7 @@ def fresh_stage_dir(run_dir: Path) -> Path:
     return out
 
 
-def write_request_texts(cfg: Any, run_dir: Path, path: Path) -> Path:
+def write_request_texts(cfg: RunConfig, run_dir: Path, path: Path) -> Path:
     """The request pool: up to ``loadtest.max_texts`` test texts, a seeded uniform sample (so the
     lengths keep their real distribution), with the label set the answers are checked against."""
     from bort import data
@@ -101,7 +102,7 @@ def write_request_texts(cfg: Any, run_dir: Path, path: Path) -> Path:
     return path
 
 
-def make_profiles(cfg: Any) -> list[Profile]:
+def make_profiles(cfg: RunConfig) -> list[Profile]:
     """One identical profile per user count (used for every model)."""
     lt = cfg.loadtest
     return [Profile(users=u, duration_s=lt.duration_s, warmup_s=lt.warmup_s, mode=lt.mode,
@@ -110,13 +111,13 @@ def make_profiles(cfg: Any) -> list[Profile]:
             for u in lt.users]
 
 
-def slo_of(cfg: Any) -> report.Slo:
+def slo_of(cfg: RunConfig) -> report.Slo:
     lt = cfg.loadtest
     return report.Slo(p95_ms=lt.slo_p95_ms, min_speedup=lt.slo_min_speedup,
                       max_failure_ratio=lt.slo_max_failure_ratio)
 
 
-def conditions(cfg: Any, texts_file: Path) -> dict[str, Any]:
+def conditions(cfg: RunConfig, texts_file: Path) -> dict[str, Any]:
     import json
 
     pool = json.loads(texts_file.read_text(encoding="utf-8"))
@@ -127,7 +128,7 @@ def conditions(cfg: Any, texts_file: Path) -> dict[str, Any]:
 
 
 # -- the services --------------------------------------------------------------------------------
-def plan_services(cfg: Any, run_dir: Path, out: Path, upstream: dict[str, Manifest]) -> list[ModelPlan]:
+def plan_services(cfg: RunConfig, run_dir: Path, out: Path, upstream: dict[str, Manifest]) -> list[ModelPlan]:
     """[baseline, optimised]: how to start each and what the report says about it."""
     from bort import data
     from loadtest import services as S

@@ -55,8 +55,7 @@ class LatencySettings:
         # optimize.optimize_graph / optimize.quantization mirror export.*: the search must time the
         # graph `bort export` will write, without reading a downstream stage's settings.
         return cls(opt.batch_size, opt.seq_len, opt.precision, opt.num_threads, opt.warmup_runs, opt.timed_runs,
-                   optimize_graph=bool(getattr(opt, "optimize_graph", False)),
-                   quantization=str(getattr(opt, "quantization", "auto")))
+                   optimize_graph=opt.optimize_graph, quantization=opt.quantization)
 
     def recipe_key(self) -> str:
         """How the timed graph was built (:func:`runtime.recipe.recipe_key`), int8 preset resolved."""

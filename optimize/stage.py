@@ -24,6 +24,7 @@ from bort.artifacts import (
     stage_fingerprint,
     write_manifest,
 )
+from bort.config import RunConfig
 from bort.corpus import corpus_texts
 from bort.data import load_prepared
 from bort.errors import BortError
@@ -48,7 +49,7 @@ def search_options(opt: Any) -> SearchOptions:
                          inversion_tolerance=opt.inversion_tolerance, workers=opt.workers)
 
 
-def run(cfg: Any, run_dir: str | Path, args: Any = None) -> Manifest:
+def run(cfg: RunConfig, run_dir: str | Path, args: Any = None) -> Manifest:
     """Search, write ``run_dir/optimize/``, return its manifest (skips when up to date).
 
     Raises:

@@ -51,12 +51,19 @@ def _add_task_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default=None, help="task: rotten_tomatoes, bbc_news, a CSV/JSONL file or GLUE folder")
 
 
+def _add_force(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true",
+                   help="export and serve the student even when it fails the deploy gate (the report flags it)")
+
+
 def _add_stage(sub: Any, stage: Stage) -> None:
     p = sub.add_parser(stage.name, help=stage.help, description=stage.help)
     _add_common(p)
     if stage.name == "data":
         _add_task_options(p)
         p.add_argument("--prepare", action="store_true", help="write the splits into the run folder")
+    elif stage.name == "export":
+        _add_force(p)
     elif stage.name == "serve":
         p.add_argument("--model", choices=["optimized", "baseline"], default=None,
                        help="which exported model of the run to serve (default: serve.model)")
@@ -80,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help=RUN_HELP, description=RUN_HELP)
     _add_common(p)
     _add_task_options(p)
+    _add_force(p)
     p = sub.add_parser("sources", help="what models and data can be loaded here",
                        description="List the embedded models and data sets and where they come from.")
     p.add_argument("--fetch", action="store_true", help="download and verify the embedded default assets")
@@ -96,6 +104,8 @@ def resolve_config(args: argparse.Namespace) -> Any:
         value = getattr(args, option, None)
         if value is not None:
             overrides.append(f"{key}={value}")
+    if getattr(args, "force", False):
+        overrides.append("export.force=true")
     return C.resolve([args.profile, *args.config], overrides)
 
 

@@ -7,6 +7,7 @@ the machine. A test checks every figure against the manifest it names.
 
 from __future__ import annotations
 
+import base64
 import html
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,10 +69,20 @@ SECTIONS: list[tuple[str, str, list[tuple[str, str]]]] = [
         ("embedding cosine with the source", "embedding_cosine"),
     ]),
     ("Accuracy on the untouched test split", "finetune", [
+        ("models are judged by (task metric)", "metric"), ("why this metric", "metric_reason"),
         ("labeller (source fine-tuned) accuracy", "accuracy.labeller"),
         ("plain fine-tuning accuracy", "accuracy.plain"), ("Agora accuracy", "accuracy.agora"),
+        ("baseline: always the majority class, accuracy", "baselines.test.majority.accuracy"),
+        ("baseline: stratified random (expected), accuracy", "baselines.test.stratified.accuracy"),
         ("labeller macro-F1", "macro_f1.labeller"), ("plain macro-F1", "macro_f1.plain"),
-        ("Agora macro-F1", "macro_f1.agora"), ("deployed model", "deploy"),
+        ("Agora macro-F1", "macro_f1.agora"),
+        ("baseline: always the majority class, macro-F1", "baselines.test.majority.macro_f1"),
+        ("labeller MCC", "test.labeller.mcc"), ("plain MCC", "test.plain.mcc"), ("Agora MCC", "test.agora.mcc"),
+        ("baseline: always the majority class, MCC", "baselines.test.majority.mcc"),
+        ("deployed model", "deploy"), ("why", "deploy_reason"),
+    ]),
+    ("Deploy gate (dev: the student against the majority baseline)", "export", [
+        ("verdict", "gate.text"), ("passed", "gate.passed"), ("deployed anyway (--force)", "gate.forced"),
     ]),
     ("Export", "export", [
         ("fp32 ONNX vs PyTorch, max abs logit difference", "parity_max_abs_diff"),
@@ -117,11 +128,13 @@ def _machine_rows(manifests: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def write_run_report(run_dir: str | Path, timings: list[dict[str, Any]] | None = None,
-                     total_s: float | None = None) -> dict[str, Path]:
-    """Write report.md, report.html and report.json into `run_dir`."""
+                     total_s: float | None = None, failure: str | None = None) -> dict[str, Path]:
+    """Write report.md, report.html and report.json into `run_dir`; `failure` says why the run stopped."""
     run_dir = Path(run_dir)
     sections, manifests = collect(run_dir)
     md = [f"# bort run report: `{run_dir.name}`", ""]
+    if failure:
+        md += [f"**The run stopped: {failure}**", ""]
     if total_s is not None:
         md += [f"Whole pipeline: {total_s:.0f} s.", ""]
     for title, figures in sections:
@@ -141,27 +154,34 @@ def write_run_report(run_dir: str | Path, timings: list[dict[str, Any]] | None =
             md += [f"Details: [{stage}/report.md]({stage}/report.md)", ""]
     paths = {"md": run_dir / "report.md", "html": run_dir / "report.html", "json": run_dir / "report.json"}
     atomic_write_text(paths["md"], "\n".join(md))
-    atomic_write_text(paths["html"], _html(run_dir, sections, machine, timings))
+    atomic_write_text(paths["html"], _html(run_dir, sections, machine, timings, failure))
     atomic_write_json(paths["json"], {
         "figures": [f.__dict__ for _, figs in sections for f in figs],
         "fingerprints": {s: m.fingerprint for s, m in manifests.items()},
+        "failure": failure,
     })
     return paths
 
 
-def _html(run_dir: Path, sections, machine, timings) -> str:
+def _html(run_dir: Path, sections, machine, timings, failure: str | None = None) -> str:
+    """One self-contained HTML file: the plots are embedded (data: URIs), nothing is fetched."""
     e = html.escape
     out = [f"<!doctype html><html><head><meta charset='utf-8'><title>bort run {e(run_dir.name)}</title>",
            "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:collapse}"
-           "td,th{border:1px solid #ccc;padding:.2em .6em}td:last-child{text-align:right}</style></head><body>",
+           "td,th{border:1px solid #ccc;padding:.2em .6em}td:last-child{text-align:right}"
+           ".failure{color:#a00;font-weight:bold}</style></head><body>",
            f"<h1>bort run report: {e(run_dir.name)}</h1>"]
+    if failure:
+        out.append(f"<p class='failure' id='failure'>The run stopped: {e(failure)}</p>")
     for title, figures in sections:
         out.append(f"<h2>{e(title)}</h2><table>")
         out += [f"<tr><td>{e(f.label)}</td><td>{e(f.text)}</td></tr>" for f in figures]
         out.append("</table>")
     for stage, name, caption in PLOTS:
         if (run_dir / stage / name).is_file():
-            out.append(f"<figure><img src='{stage}/{name}' width='640'><figcaption>{e(caption)}</figcaption></figure>")
+            data = base64.b64encode((run_dir / stage / name).read_bytes()).decode("ascii")
+            out.append(f"<figure><img src='data:image/png;base64,{data}' width='640' alt='{e(caption)}'>"
+                       f"<figcaption>{e(caption)}</figcaption></figure>")
     if timings:
         out.append("<h2>Stage times</h2><table>")
         out += [f"<tr><td>{e(t['stage'])}</td><td>{t['seconds']:.1f} s</td></tr>" for t in timings]

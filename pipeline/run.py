@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bort.artifacts import atomic_write_json, read_manifest
+from bort.config import RunConfig
 from bort.errors import BortError
 from bort.stages import PIPELINE, Stage
 from pipeline.cli import entry_point
@@ -38,7 +39,7 @@ def _manifest_stamp(run_dir: Path, stage: str) -> tuple[str, str] | None:
     return m.fingerprint, m.created_at
 
 
-def run_stage(cfg: Any, run_dir: Path, stage: Stage) -> StageTiming:
+def run_stage(cfg: RunConfig, run_dir: Path, stage: Stage) -> StageTiming:
     """Run one stage (it skips itself when up to date); time it; pass on a non-zero exit code."""
     before = _manifest_stamp(run_dir, stage.name)
     start = time.time()
@@ -49,7 +50,7 @@ def run_stage(cfg: Any, run_dir: Path, stage: Stage) -> StageTiming:
     return StageTiming(stage.name, round(seconds, 1), skipped, code)
 
 
-def run(cfg: Any, run_dir: Path, args: Any = None) -> int:
+def run(cfg: RunConfig, run_dir: Path, args: Any = None) -> int:
     """The whole pipeline on `cfg`, into `run_dir`; writes run_dir/report.{md,html,json}."""
     from tqdm import tqdm
 
@@ -63,14 +64,24 @@ def run(cfg: Any, run_dir: Path, args: Any = None) -> int:
     timings: list[StageTiming] = []
     exit_code = 0
     bar = tqdm(PIPELINE, desc="bort run", unit="stage", bar_format="{l_bar}{bar}| {n}/{total} [{elapsed}]")
+    failure: BortError | None = None
     for stage in bar:
         bar.set_description(f"bort run: {stage.name}")
-        timing = run_stage(cfg, run_dir, stage)
+        try:
+            timing = run_stage(cfg, run_dir, stage)
+        except BortError as e:  # a mistake the user can fix: the report says which stage and why
+            failure = e
+            bar.write(f"  {stage.name:9} stopped: {e}")
+            timings.append(StageTiming(stage.name, 0.0, False, 2))
+            break
         timings.append(timing)
         bar.write(f"  {stage.name:9} {'skipped (up to date)' if timing.skipped else f'{timing.seconds:7.1f} s'}")
         exit_code = exit_code or timing.exit_code
     total = round(time.time() - started, 1)
     atomic_write_json(run_dir / "timings.json", {"total_s": total, "stages": [t.__dict__ for t in timings]})
-    paths = report.write_run_report(run_dir, timings=[t.__dict__ for t in timings], total_s=total)
+    why = None if failure is None else f"`bort {timings[-1].stage}` refused: {failure}"
+    paths = report.write_run_report(run_dir, timings=[t.__dict__ for t in timings], total_s=total, failure=why)
+    if failure is not None:
+        raise BortError(f"{failure} (report: {paths['md']})") from failure
     print(f"bort run finished in {total:.0f} s; report: {paths['md']}")
     return exit_code

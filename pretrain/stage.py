@@ -32,6 +32,7 @@ from bort.artifacts import (
     stage_fingerprint,
     write_manifest,
 )
+from bort.config import RunConfig
 from bort.corpus import corpus_texts
 from bort.errors import ArtifactError
 from distillation import batches as B
@@ -56,7 +57,7 @@ class Outcome:
     mode: str  # representation | mlm
 
 
-def run(cfg: Any, run_dir: str | Path, args: Any = None) -> Any:
+def run(cfg: RunConfig, run_dir: str | Path, args: Any = None) -> Any:
     """The stage: shape -> corpus -> student -> distillation -> model folder, curve, manifest."""
     from bort import data
 
@@ -88,7 +89,7 @@ def run(cfg: Any, run_dir: str | Path, args: Any = None) -> Any:
     return manifest
 
 
-def target_arch(cfg: Any, run_dir: Path) -> tuple[F.Arch, dict[str, str]]:
+def target_arch(cfg: RunConfig, run_dir: Path) -> tuple[F.Arch, dict[str, str]]:
     """The shape set by hand (all four pretrain sizes), else the one `bort optimize` chose."""
     p = cfg.pretrain
     if p.layers > 0:
@@ -105,7 +106,7 @@ def target_arch(cfg: Any, run_dir: Path) -> tuple[F.Arch, dict[str, str]]:
     return F.Arch(**chosen["arch"]), {"optimize": manifest.fingerprint}
 
 
-def distil(cfg: Any, source: F.Source, arch: F.Arch, train_texts: list[str], heldout_texts: list[str],
+def distil(cfg: RunConfig, source: F.Source, arch: F.Arch, train_texts: list[str], heldout_texts: list[str],
            checkpoints: Path | None, key: str = "", progress: bool = True) -> Outcome:
     """Build the student at `arch` per ``cfg.pretrain`` and distil it from `source`; resumable."""
     p = cfg.pretrain
@@ -184,7 +185,7 @@ def write_curve(history: list[dict[str, Any]], folder: Path) -> None:
     atomic_write_bytes(folder / "loss.png", buf.getvalue())
 
 
-def summary(cfg: Any, source: F.Source, arch: F.Arch, outcome: Outcome) -> dict[str, Any]:
+def summary(cfg: RunConfig, source: F.Source, arch: F.Arch, outcome: Outcome) -> dict[str, Any]:
     """The manifest's metrics."""
     r = outcome.result
     params = F.count_params(arch, source.family, F.Vocab.from_config(source.config),

@@ -37,10 +37,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from bort.config import ServeConfig
 from serve.predictor import Predictor
 from serve.validation import (
     RequestError,
-    ServiceSettings,
     check_api_key,
     check_content_type,
     check_declared_length,
@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 class Engine:
     """A predictor behind a natural batcher; one model call at a time, off the event loop."""
 
-    def __init__(self, predictor: Predictor, settings: ServiceSettings) -> None:
+    def __init__(self, predictor: Predictor, settings: ServeConfig) -> None:
         self.predictor = predictor
         self.settings = settings
         self.api_key = settings.api_key()

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bort import metrics
 from bort.artifacts import (
     Manifest,
     atomic_write_json,
@@ -34,7 +35,8 @@ from bort.artifacts import (
     stage_fingerprint,
     write_manifest,
 )
-from bort.errors import ArtifactError
+from bort.config import RunConfig
+from bort.errors import ArtifactError, BortError
 from runtime import recipe
 from serve import onnx_export as X
 
@@ -44,7 +46,7 @@ ROLES = ("optimized", "baseline")
 DEPLOYED_FILE = "deployed.json"
 
 
-def run(cfg: Any, run_dir: Path, args: Any = None) -> Manifest:
+def run(cfg: RunConfig, run_dir: Path, args: Any = None) -> Manifest:
     """Export, check, time and register both roles; write the export manifest last."""
     started = time.time()
     upstream = read_manifest(run_dir, "finetune")
@@ -52,6 +54,7 @@ def run(cfg: Any, run_dir: Path, args: Any = None) -> Manifest:
     if is_up_to_date(run_dir, "export", fingerprint):
         log.info("export is up to date (%s); nothing to do", fingerprint)
         return read_manifest(run_dir, "export")
+    gate = check_gate(cfg, upstream)
     task = load_task(cfg, run_dir)
     sources = role_sources(upstream)
     target, why = recipe.quantization_target(cfg.export.quantization)
@@ -64,6 +67,8 @@ def run(cfg: Any, run_dir: Path, args: Any = None) -> Manifest:
     atomic_write_json(out_root / DEPLOYED_FILE, deployed)
     registered = register_bentoml(out_root, deployed, fingerprint, roles) if cfg.export.register_bentoml else {}
     metrics = summary_metrics(roles, target, why, registered)
+    metrics.update(gate=gate, baselines=upstream.metrics.get("baselines"), metric=upstream.metrics.get("metric"),
+                   chance_metric=upstream.metrics.get("chance_metric"))
     manifest = write_manifest(run_dir, "export", cfg, fingerprint=fingerprint, metrics=metrics,
                               inputs={"finetune": upstream.fingerprint}, started=started,
                               threads={"onnxruntime_intra_op": cfg.export.num_threads})
@@ -71,7 +76,32 @@ def run(cfg: Any, run_dir: Path, args: Any = None) -> Manifest:
     return manifest
 
 
-def load_task(cfg: Any, run_dir: Path) -> Any:
+class DeployGateError(BortError):
+    """The student the finetune stage chose did not learn enough to ship (see :func:`check_gate`)."""
+
+
+def check_gate(cfg: RunConfig, finetune: Manifest) -> dict[str, Any]:
+    """The deploy gate: the chosen student must beat the majority baseline on dev, on the task's metric,
+    by ``export.gate_margin_points`` and beyond chance (``export.gate_alpha``), unless ``export.force``.
+
+    Raises:
+        DeployGateError: the student failed and ``export.force`` is off (nothing is exported).
+        ArtifactError: the finetune manifest predates the gate's facts (rerun `bort finetune`).
+    """
+    ec = cfg.export
+    verdict = metrics.deploy_verdict(finetune.metrics, ec.gate_margin_points, ec.gate_alpha)
+    if verdict["passed"] is None:
+        raise ArtifactError(verdict["text"])
+    forced = not verdict["passed"] and ec.force
+    if not verdict["passed"] and not forced:
+        raise DeployGateError(f"deploy gate: {verdict['text']}: nothing was exported; "
+                              f"{metrics.gate_advice(verdict['metric'])}")
+    if forced:
+        log.warning("deploy gate failed (%s); exporting anyway because export.force is set", verdict["text"])
+    return {**verdict, "forced": forced}
+
+
+def load_task(cfg: RunConfig, run_dir: Path) -> Any:
     """The task's labels and dev split (``bort.data``), for the checks."""
     from bort import data
 
@@ -116,8 +146,8 @@ def export_role(role: str, source: str, model_dir: Path, out_root: Path, task: A
                 "task_labels": list(task.labels)}
     m["fp32_dev_accuracy"] = X.split_accuracy(fp32, task.dev, task.is_pair, desc=f"{role} fp32 dev", **evaluate)
     # Reported only, never used to decide: what users get from the served file on the untouched split.
-    m["test_accuracy"] = {"fp32": X.split_accuracy(fp32, task.test, task.is_pair, desc=f"{role} fp32 test",
-                                                 **evaluate)}
+    m["test_scores"] = {"fp32": X.split_scores(fp32, task.test, task.is_pair, desc=f"{role} fp32 test",
+                                               **evaluate)}
     m["latency_ms"] = {"fp32": X.measure_latency(fp32, **timing)}
     m["size_mb"] = {"fp32": X.onnx_size_mb(fp32)}
     m["deployed_precision"], m["decision"] = "fp32", "export.quantize is false"
@@ -128,11 +158,12 @@ def export_role(role: str, source: str, model_dir: Path, out_root: Path, task: A
         X.write_serving(int8, precision="int8", name=f"{role}:{source}:int8", **sidecar)
         m["int8_dev_accuracy"] = X.split_accuracy(int8, task.dev, task.is_pair, desc=f"{role} int8 dev", **evaluate)
         m["int8_drop_points"] = round((m["fp32_dev_accuracy"] - m["int8_dev_accuracy"]) * 100.0, 3)
-        m["test_accuracy"]["int8"] = X.split_accuracy(int8, task.test, task.is_pair, desc=f"{role} int8 test",
-                                                    **evaluate)
+        m["test_scores"]["int8"] = X.split_scores(int8, task.test, task.is_pair, desc=f"{role} int8 test",
+                                                  **evaluate)
         m["latency_ms"]["int8"] = X.measure_latency(int8, **timing)
         m["size_mb"]["int8"] = X.onnx_size_mb(int8)
         m["deployed_precision"], m["decision"] = int8_decision(m["int8_drop_points"], ec.max_int8_drop_points)
+    m["test_accuracy"] = {p: scores["accuracy"] for p, scores in m["test_scores"].items()}
     final = out_root / role
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)

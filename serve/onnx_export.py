@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from bort import metrics
 from bort.artifacts import atomic_write_json
 from bort.errors import ArtifactError, BortError
 from serve.predictor import SERVING_FILE, Predictor
@@ -104,9 +105,10 @@ def check_parity(model_dir: Path, fp32_dir: Path, texts: list[str], pairs: list[
     return {"parity_max_abs_diff": diff, "parity_texts": len(texts), "tokenizer_match": True}
 
 
-def split_accuracy(folder: Path, examples: list[Any], is_pair: bool, task_labels: list[str], *,
-                   num_threads: int, seq_len: int, batch_size: int, desc: str) -> float:
-    """Accuracy (0-1) of an exported folder on one split's examples (``text``, ``text_pair``, ``label``).
+def split_scores(folder: Path, examples: list[Any], is_pair: bool, task_labels: list[str], *,
+                 num_threads: int, seq_len: int, batch_size: int, desc: str) -> dict[str, float]:
+    """Every metric of :data:`bort.metrics.METRICS` (0-1) of an exported folder on one split's examples
+    (``text``, ``text_pair``, ``label``).
 
     ``label`` indexes ``task_labels``; the model's class ids are mapped through their names, so a
     model whose label order differs from the task's is still scored right.
@@ -115,14 +117,18 @@ def split_accuracy(folder: Path, examples: list[Any], is_pair: bool, task_labels
 
     predictor = Predictor(folder, num_threads=num_threads, max_seq_len=seq_len)
     to_task = np.array([task_labels.index(name) for name in predictor.labels])  # model id -> task id
-    correct = 0
+    predicted = []
     for start in tqdm(range(0, len(examples), batch_size), desc=desc, leave=False):
         chunk = examples[start:start + batch_size]
         pairs = [(e.text, e.text_pair) for e in chunk] if is_pair else None
         batch = predictor.tokenize([e.text for e in chunk], pairs)
-        predicted = to_task[predictor.logits(batch.feeds).argmax(axis=-1)]
-        correct += int(sum(int(p) == e.label for p, e in zip(predicted, chunk, strict=True)))
-    return correct / max(len(examples), 1)
+        predicted.extend(to_task[predictor.logits(batch.feeds).argmax(axis=-1)].tolist())
+    return metrics.scores([e.label for e in examples], predicted, len(task_labels))
+
+
+def split_accuracy(folder: Path, examples: list[Any], is_pair: bool, task_labels: list[str], **kwargs: Any) -> float:
+    """Accuracy (0-1) of an exported folder on one split: :func:`split_scores`' accuracy."""
+    return split_scores(folder, examples, is_pair, task_labels, **kwargs)["accuracy"]
 
 
 def measure_latency(folder: Path, *, seq_len: int, num_threads: int, warmup_runs: int,

@@ -19,12 +19,12 @@ import logging
 import os
 import signal
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from bort import processes
 from bort.artifacts import read_manifest
+from bort.config import RunConfig, ServeConfig
 from bort.errors import ArtifactError, BortError
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent  # the folder holding serve/ (bent
 SERVICE = "serve.service:Classifier"
 
 
-def run(cfg: Any, run_dir: Path, args: Any = None) -> int:
+def run(cfg: RunConfig, run_dir: Path, args: Any = None) -> int:
     """Serve the chosen model folder until SIGINT/SIGTERM; print the URL once it answers."""
     folder, what = model_folder(cfg, run_dir)
     server = ServerProcess(folder, cfg.serve, log_path=None)
@@ -61,9 +61,9 @@ def run(cfg: Any, run_dir: Path, args: Any = None) -> int:
     return 0
 
 
-def model_folder(cfg: Any, run_dir: Path) -> tuple[Path, str]:
+def model_folder(cfg: RunConfig, run_dir: Path) -> tuple[Path, str]:
     """``(folder, how the banner names it)``: ``serve.model_dir`` when set, else the run's ``serve.model``."""
-    model_dir = getattr(cfg.serve, "model_dir", "")  # serve.model_dir (str, "" = the run's export)
+    model_dir = cfg.serve.model_dir  # "": the run's export
     if model_dir:
         from serve.model_dir import servable_folder
 
@@ -80,19 +80,13 @@ def deployed_folder(run_dir: Path, role: str) -> Path:
     return manifest.dir / deployed[role]["folder"]
 
 
-def _section_dict(section: Any) -> dict[str, Any]:
-    """A config section as plain JSON data, whether a dataclass or a pydantic model."""
-    dump = getattr(section, "model_dump", None)
-    return dump(mode="json") if dump else asdict(section)
-
-
-def service_env(folder: Path, serve_cfg: Any, extra: dict[str, str] | None = None) -> dict[str, str]:
+def service_env(folder: Path, serve_cfg: ServeConfig, extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment the service reads: model folder, serve config as JSON, access log."""
     env = dict(os.environ)
     env.setdefault("BENTOML_DO_NOT_TRACK", "true")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env["BORT_SERVE_MODEL_DIR"] = str(Path(folder).resolve())
-    env["BORT_SERVE_CONFIG"] = json.dumps(_section_dict(serve_cfg))
+    env["BORT_SERVE_CONFIG"] = serve_cfg.model_dump_json()
     env["BORT_SERVE_ACCESS_LOG"] = "1" if serve_cfg.access_log else "0"
     env["BORT_SERVE_TRACE"] = "1" if serve_cfg.trace_requests else "0"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
@@ -116,7 +110,7 @@ class ServerProcess:
         env: extra environment variables (e.g. the API key variable).
     """
 
-    def __init__(self, folder: Path, serve_cfg: Any, log_path: Path | None = None,
+    def __init__(self, folder: Path, serve_cfg: ServeConfig, log_path: Path | None = None,
                  env: dict[str, str] | None = None) -> None:
         self.folder, self.cfg, self.log_path = Path(folder), serve_cfg, log_path
         self.host = serve_cfg.host

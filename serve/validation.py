@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hmac
 import json
-import os
-from dataclasses import dataclass, fields
 from typing import Any
+
+from bort.config import ServeConfig
 
 EXAMPLE_SINGLE = '{"texts": ["a gripping film"]}'
 EXAMPLE_PAIR = '{"pairs": [["a man is eating", "someone eats"]]}'
@@ -24,37 +24,6 @@ class RequestError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-@dataclass(frozen=True)
-class ServiceSettings:
-    """What the service needs from ``serve`` config. Defaults mirror :class:`bort.config.ServeConfig`
-    (a test keeps them equal); ``bort serve`` passes the resolved values as JSON in
-    ``BORT_SERVE_CONFIG``. Kept here so the Bento needs no ``bort`` package."""
-
-    num_threads: int = 2
-    max_texts: int = 64
-    max_chars: int = 2000
-    max_body_bytes: int = 1_000_000
-    max_seq_len: int = 128
-    batching: str = "auto"
-    max_batch_texts: int = 64
-    api_key_env: str = "BORT_API_KEY"
-    ort_spin: bool = True
-    ort_spin_stop: bool = False
-    server_timing: bool = True
-    inline_max_texts: int = 1
-
-    @classmethod
-    def from_json(cls, text: str | None) -> ServiceSettings:
-        """Settings from a JSON object (unknown keys, e.g. ``host``, are ignored)."""
-        data = json.loads(text) if text else {}
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    def api_key(self) -> str | None:
-        """The required API key, or None when its environment variable is unset or empty."""
-        return os.environ.get(self.api_key_env) or None
 
 
 def check_api_key(expected: str | None, given: str | None) -> None:
@@ -86,7 +55,7 @@ def check_declared_length(content_length: str | None, limit: int) -> None:
         raise RequestError(413, f"request body is {length} bytes; the limit is {limit} bytes")
 
 
-def parse_body(body: bytes, settings: ServiceSettings, is_pair: bool) -> list[Any]:
+def parse_body(body: bytes, settings: ServeConfig, is_pair: bool) -> list[Any]:
     """Decode and check a request body.
 
     Returns:

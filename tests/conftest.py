@@ -61,7 +61,16 @@ def make_tiny_classifier(folder: Path, tokenizer_dir: Path, labels=TINY_LABELS, 
     return folder
 
 
-def write_fake_finetune(run_dir: Path, tokenizer_dir: Path, labels=TINY_LABELS, deploy: str = "agora"):
+def gate_facts(model: str = "agora", learned: bool = True) -> dict:
+    """The deploy-gate facts `bort finetune` records: a student that learned, or a constant one."""
+    majority = {"accuracy": 0.58, "macro_f1": 0.367, "mcc": 0.0, "balanced_accuracy": 0.5}
+    dev = {"accuracy": 0.78, "macro_f1": 0.77, "mcc": 0.55, "balanced_accuracy": 0.77} if learned else majority
+    return {"model": model, "metric": "accuracy", "dev": dev, "majority": majority,
+            "p_value": 0.002 if learned else 1.0, "predicted_classes": 2 if learned else 1}
+
+
+def write_fake_finetune(run_dir: Path, tokenizer_dir: Path, labels=TINY_LABELS, deploy: str = "agora",
+                        learned: bool = True):
     """``run_dir/finetune/`` as `bort finetune` leaves it: models/{labeller,plain,agora} + manifest."""
     from bort import artifacts, config
 
@@ -69,7 +78,8 @@ def write_fake_finetune(run_dir: Path, tokenizer_dir: Path, labels=TINY_LABELS, 
     models = run_dir / "finetune" / "models"
     for seed, name in enumerate(("labeller", "plain", "agora")):
         make_tiny_classifier(models / name, tokenizer_dir, labels, seed=seed)
-    metrics = {"deploy": deploy, "accuracy": {"labeller": 0.5, "plain": 0.5, "agora": 0.5}}
+    metrics = {"deploy": deploy, "accuracy": {"labeller": 0.5, "plain": 0.5, "agora": 0.5},
+               "deploy_gate": gate_facts(deploy, learned), "metric": "accuracy", "chance_metric": "mcc"}
     return artifacts.write_manifest(run_dir, "finetune", cfg, metrics=metrics,
                                     fingerprint=artifacts.stage_fingerprint(cfg, "finetune"))
 

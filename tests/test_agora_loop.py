@@ -85,7 +85,7 @@ def test_loop_runs_end_to_end_on_a_tiny_model(parts, tiny_source, tmp_path, spy)
     result = loop.run_agora(inputs_for(parts, tiny_source, task, cfg), cfg, tmp_path / "ck", "fp1")
     rounds = {r["round"] for r in result.rows}
     assert 1 <= len(rounds) <= len(cfg.finetune.thetas)
-    assert result.rows[0]["thetas"] == list(cfg.finetune.thetas)
+    assert result.rows[0]["thetas"] == [t.text for t in cfg.finetune.thetas]
     assert len(spy) == sum(len(r["thetas"]) for r in result.rows)  # one fine-tune per θ per iteration
     assert result.model is not None and 0.0 <= result.dev["accuracy"] <= 1.0
     assert result.points, "no point was made"
@@ -163,7 +163,8 @@ def test_with_a_selection_holdout_mistakes_are_mined_apart_from_the_rows_that_se
     # every dev example wrong: only the mining rows may become mistakes
     pred = np.array([1 - e.label for e in inputs.dev])
     state = loop.LoopState(thetas=[], iteration=1, best_dev={"pred": pred})
-    loop._make_points(inputs, replace(cfg.finetune, max_points_per_round=10_000, max_points=10_000), state)
+    loop._make_points(inputs, cfg.replace(finetune={"max_points_per_round": 10_000, "max_points": 10_000}).finetune,
+                      state)
     mine = {example_key(inputs.dev[i]) for i in split.mine}
     assert seen and set(seen) <= mine and len(set(seen)) == len(mine)
     # and the score that picks θ, round and model reads only the selection rows

@@ -13,8 +13,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 import serve_overhead as SO  # noqa: E402
 import serve_stacks as SS  # noqa: E402
 
+from bort.config import ServeConfig  # noqa: E402
 from serve.app import Engine  # noqa: E402
-from serve.validation import ServiceSettings  # noqa: E402
 
 
 class FakeClient:
@@ -49,7 +49,7 @@ def test_summary_splits_the_time_around_the_model_request_by_request():
 
 
 def test_the_stub_predictor_fits_the_engine():
-    engine = Engine(SS.StubPredictor(), ServiceSettings())
+    engine = Engine(SS.StubPredictor(), ServeConfig())
     timings: dict = {}
     results = asyncio.run(engine.classify(["a text"], timings))
     assert results[0]["label"] == "positive" and set(timings) == {"tokenize", "model"}

@@ -124,3 +124,31 @@ def test_optimized_graph_exports_keeps_parity_and_quantizes(tiny_finetune_run, t
     recipe.quantize_int8(tmp_path / "fp32", tmp_path / "int8", "avx512_vnni", optimized_graph=True)
     X.write_serving(tmp_path / "int8", precision="int8", **sidecar)
     assert Predictor(tmp_path / "int8").predict(texts=["a fine film"])[0]["label"] in ("fresh", "rotten")
+
+
+def test_a_constant_student_is_never_exported(tmp_path, minilm_dir):
+    from conftest import write_fake_finetune
+
+    write_fake_finetune(tmp_path, minilm_dir, learned=False)
+    cfg = config.resolve(["tiny"])
+    with pytest.raises(export.DeployGateError, match="deploy gate.*predicts one class.*--force"):
+        export.run(cfg, tmp_path)
+    assert not (tmp_path / "export" / "deployed.json").exists()
+    assert not (tmp_path / "export" / "optimized").exists()
+
+
+def test_the_gate_reads_margin_and_significance_and_force_overrides_it(minilm_dir, tmp_path):
+    from conftest import gate_facts
+
+    from bort import metrics
+
+    learned = {"deploy_gate": gate_facts(learned=True)}
+    assert metrics.deploy_verdict(learned, 2.0, 0.01)["passed"]
+    assert not metrics.deploy_verdict(learned, 30.0, 0.01)["passed"]  # +20 points is under a 30-point margin
+    assert not metrics.deploy_verdict(learned, 2.0, 0.001)["passed"]  # p = 0.002 is not below 0.001
+    assert metrics.deploy_verdict({}, 2.0, 0.01)["passed"] is None  # an old manifest: no facts
+    manifest = artifacts.Manifest("finetune", "fp", 0, {}, metrics={"deploy_gate": gate_facts(learned=False)})
+    forced = export.check_gate(config.resolve(["tiny"], ["export.force=true"]), manifest)
+    assert forced["forced"] and not forced["passed"]
+    with pytest.raises(artifacts.ArtifactError, match="rerun `bort finetune`"):
+        export.check_gate(config.resolve(["tiny"]), artifacts.Manifest("finetune", "fp", 0, {}, metrics={}))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import re
 import subprocess
 import sys
 
@@ -14,7 +14,7 @@ from conftest import ROOT
 from bort.config import ServeConfig
 from runtime.session import session_options
 from serve.predictor import ModelFolderError, Predictor, softmax
-from serve.validation import RequestError, ServiceSettings, check_api_key, check_content_type, parse_body
+from serve.validation import RequestError, check_api_key, check_content_type, parse_body
 
 
 @pytest.fixture(scope="module")
@@ -143,15 +143,22 @@ def test_incomplete_folder_is_a_clear_error(tmp_path):
         Predictor(tmp_path)
 
 
-def test_service_settings_defaults_mirror_serve_config():
-    config_defaults = dataclasses.asdict(ServeConfig())
-    for field in dataclasses.fields(ServiceSettings):
-        assert getattr(ServiceSettings(), field.name) == config_defaults[field.name], field.name
-    settings = ServiceSettings.from_json(json.dumps({**config_defaults, "max_texts": 3}))
-    assert settings.max_texts == 3
+def test_the_service_reads_its_settings_with_the_run_config_schema():
+    from bort import config as C
+    from bort.errors import ConfigError
+
+    resolved = C.resolve(["tiny"], ["serve.max_texts=3"]).serve
+    assert ServeConfig.from_json(resolved.model_dump_json()) == resolved
+    assert ServeConfig.from_json(None) == ServeConfig()
+    for bad, key in (({"max_texts": "3"}, "serve.max_texts: expected an integer"),
+                     ({"max_textz": 3}, "unknown config key 'serve.max_textz'"),
+                     ({"batching": "sometimes"}, "serve.batching must be")):
+        with pytest.raises(ConfigError, match=re.escape(key)) as e:
+            ServeConfig.from_json(json.dumps(bad))
+        assert "\n" not in str(e.value)
 
 
-SETTINGS = ServiceSettings(max_texts=3, max_chars=10, max_body_bytes=200)
+SETTINGS = ServeConfig(max_texts=3, max_chars=10, max_body_bytes=200)
 
 
 @pytest.mark.parametrize(("body", "status", "fragment"), [
@@ -172,7 +179,7 @@ SETTINGS = ServiceSettings(max_texts=3, max_chars=10, max_body_bytes=200)
 ])
 def test_bad_bodies_are_client_errors_with_a_message(body, status, fragment):
     with pytest.raises(RequestError) as info:
-        parse_body(body, SETTINGS if len(body) < 200 else ServiceSettings(), is_pair=False)
+        parse_body(body, SETTINGS if len(body) < 200 else ServeConfig(), is_pair=False)
     assert info.value.status == status
     assert fragment in info.value.message
 
@@ -234,7 +241,7 @@ def test_engine_merges_waiting_requests_and_routes_answers_back():
     from serve.app import Engine
 
     predictor = RecordingPredictor("fp32")
-    engine = Engine(predictor, ServiceSettings(batching="auto", max_batch_texts=4))
+    engine = Engine(predictor, ServeConfig(batching="auto", max_batch_texts=4))
     batches = [["r0"], ["r1a", "r1b"], ["r2"], ["r3a", "r3b"]]
     timings = [{} for _ in batches]
     answers = _classify_concurrently(engine, batches, timings)
@@ -248,7 +255,7 @@ def test_engine_does_not_merge_requests_for_int8_models_by_default():
     from serve.app import Engine
 
     predictor = RecordingPredictor("int8")
-    engine = Engine(predictor, ServiceSettings(batching="auto"))
+    engine = Engine(predictor, ServeConfig(batching="auto"))
     _classify_concurrently(engine, [["a"], ["b"], ["c"]])
     assert predictor.calls == [1, 1, 1] and engine.batching is False
     engine.close()
@@ -262,7 +269,7 @@ def test_small_unmerged_calls_run_on_the_loop_and_never_beside_a_running_call(in
     from serve.app import Engine
 
     predictor = RecordingPredictor("int8")
-    engine = Engine(predictor, ServiceSettings(batching="auto", inline_max_texts=inline_max_texts))
+    engine = Engine(predictor, ServeConfig(batching="auto", inline_max_texts=inline_max_texts))
 
     async def run():
         await engine.classify(["one"])  # alone: inline
@@ -286,7 +293,7 @@ def test_a_lone_small_merged_request_runs_on_the_loop_and_company_still_merges()
     from serve.app import Engine
 
     predictor = RecordingPredictor("fp32")
-    engine = Engine(predictor, ServiceSettings(batching="auto", max_batch_texts=8))
+    engine = Engine(predictor, ServeConfig(batching="auto", max_batch_texts=8))
 
     async def run():
         await engine.classify(["alone"])  # nobody else: on the loop, no hand-off
@@ -310,7 +317,7 @@ def test_a_request_cancelled_during_its_one_turn_wait_leaves_nothing_queued():
     from serve.app import Engine
 
     predictor = RecordingPredictor("fp32")
-    engine = Engine(predictor, ServiceSettings(batching="auto"))
+    engine = Engine(predictor, ServeConfig(batching="auto"))
 
     async def run():
         task = asyncio.ensure_future(engine.classify(["gone"]))
