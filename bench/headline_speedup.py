@@ -124,8 +124,9 @@ def real_plans(cfg: RunConfig, run_dir: Path, config_file: Path, work: Path) -> 
             accuracy, note = ((served, f"test accuracy of this ONNX {precision} file") if served is not None
                               else (pytorch, "test accuracy of the PyTorch model (fp32)"))
             spec = services.folder_spec(key, folder, port, config_file, timeout)
+            scores = ((roles.get(role) or {}).get("test_scores") or {}).get(precision)
             plans.append(ModelPlan(role=key, spec=spec, label=f"{label}, ONNX {precision}", accuracy=accuracy,
-                                   accuracy_note=note))
+                                   accuracy_note=note, scores=scores))
     return plans
 
 
@@ -156,7 +157,9 @@ def comparisons(models: dict[str, Any], base_name: str, opt_name: str,
 
 def markdown(results: dict[str, Any]) -> str:
     md = ["# Headline speedup: served, Locust on 127.0.0.1", "",
-          f"CPU {results['machine']['model']} ({results['machine']['usable_cores']} cores usable), "
+          f"CPU {results['machine']['model']} ({results['machine']['usable_cores']} cores usable; ISA "
+          f"{', '.join(results['machine'].get('isa') or ['unknown'])}; int8 ratios differ by 2x or more between "
+          "CPUs with and without AVX-512 VNNI), "
           f"onnxruntime {results['versions'].get('onnxruntime')}, serve threads {results['num_threads']}; "
           f"users {results['users']}, {results['duration_s']} s measured after {results['warmup_s']} s warm-up; "
           f"goal >= {GOAL:.0f}x. Ratios from one run; models measured one after the other.", ""]
@@ -168,14 +171,22 @@ def markdown(results: dict[str, Any]) -> str:
             md.append(f"| {row['comparison']} | {row['baseline']} | {row['optimized']} | "
                       f"{row['rps_ratio']}x ({row['rps_ratio_users']}) | {row['p50_ratio']}x ({row['p50_ratio_users']}) | "
                       f"{'yes' if row['goal_met'] else 'no'} |")
-        md += ["", "| model | test accuracy | users | requests/s | p50 ms | p95 ms | p99 ms | failed |",
-               "|---|---|---|---|---|---|---|---|"]
+        judging = section.get("judging") or {}
+        chance = judging.get("chance_metric") or "mcc"
+        md += ["", f"| model | test accuracy | test {chance.upper() if chance == 'mcc' else chance} | users | "
+               "requests/s | p50 ms | p95 ms | p99 ms | failed |", "|---|---|---|---|---|---|---|---|---|"]
         for model in section["models"].values():
-            acc = model.get("accuracy")
-            acc_text = "speed only" if model.get("speed_only") or acc is None else f"{100 * acc:.2f}%"
+            acc, scores = model.get("accuracy"), model.get("scores") or {}
+            speed_only = model.get("speed_only") or acc is None
+            acc_text = "speed only" if speed_only else f"{100 * acc:.2f}%"
+            chance_text = "" if speed_only or scores.get(chance) is None else f"{scores[chance]:.4f}"
             for users, lv in model["levels"].items():
-                md.append(f"| {model['label']} | {acc_text} | {users} | {lv['rps']:.1f} | {lv['p50_ms']} | "
-                          f"{lv['p95_ms']} | {lv['p99_ms']} | {lv['failures']} / {lv['requests']} |")
+                md.append(f"| {model['label']} | {acc_text} | {chance_text} | {users} | {lv['rps']:.1f} | "
+                          f"{lv['p50_ms']} | {lv['p95_ms']} | {lv['p99_ms']} | {lv['failures']} / {lv['requests']} |")
+        for base, label in (("majority", "always the majority class"), ("stratified", "stratified random")):
+            b = (judging.get("baselines") or {}).get(base)
+            if b:
+                md.append(f"| *baseline: {label}* | {100 * b['accuracy']:.2f}% | {b[chance]:.4f} | | | | | | |")
         notes = sorted({m["accuracy_note"] for m in section["models"].values() if m.get("accuracy_note")})
         if notes:
             md += ["", "Accuracy: " + "; ".join(notes) + "."]
@@ -184,9 +195,10 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def run_section(title: str, note: str, plans: list[ModelPlan], pairs: tuple[str, str], profiles: list[Profile],
-                texts_file: Path, raw: Path, deployed_precision: str = "int8") -> dict[str, Any]:
+                texts_file: Path, raw: Path, deployed_precision: str = "int8",
+                judging: dict[str, Any] | None = None) -> dict[str, Any]:
     models = measure_all(plans, profiles, texts_file, raw)
-    return {"title": title, "note": note, "models": models,
+    return {"title": title, "note": note, "models": models, "judging": judging,
             "comparisons": comparisons(models, *pairs, deployed_precision=deployed_precision)}
 
 
@@ -220,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
             "The source model fine-tuned on the task (labeller) against the extracted model bort deployed; "
             "requests are the task's real test texts.",
             real_plans(cfg, run_dir, config_file, work), ("source", "extracted"), profiles, texts_file,
-            work / "raw_real", deployed_precision=deployed_precision(run_dir)))
+            work / "raw_real", deployed_precision=deployed_precision(run_dir),
+            judging=services.judging(read_manifest(run_dir, "finetune"))))
     results = {"sections": sections, "users": users, "duration_s": args.duration_s, "warmup_s": args.warmup_s,
                "num_threads": cfg.serve.num_threads, "machine": cpu_info(), "versions": library_versions(),
                "elapsed_s": round(time.time() - started, 1)}

@@ -32,6 +32,7 @@ class ModelPlan:
     speed_only: bool = False
     accuracy: float | None = None
     accuracy_note: str = ""
+    scores: dict[str, float] | None = None  # every test metric of the served file (bort.metrics.METRICS)
 
 
 def measure_model(plan: ModelPlan, profiles: list[Profile], texts_file: Path, raw_dir: Path,
@@ -56,7 +57,7 @@ def measure_model(plan: ModelPlan, profiles: list[Profile], texts_file: Path, ra
             if bar is not None:
                 bar.update(1)
     return {"label": plan.label, "speed_only": plan.speed_only, "accuracy": plan.accuracy,
-            "accuracy_note": plan.accuracy_note, "ready_s": round(ready_s, 2), "levels": levels,
+            "accuracy_note": plan.accuracy_note, "scores": plan.scores, "ready_s": round(ready_s, 2), "levels": levels,
             "command": list(plan.spec.command)}
 
 
@@ -73,8 +74,13 @@ def measure_all(plans: list[ModelPlan], profiles: list[Profile], texts_file: Pat
 
 
 def assemble(models: dict[str, Any], profiles: list[Profile], conditions: dict[str, Any],
-             slo: report.Slo, baseline: str = "baseline", optimized: str = "optimized") -> dict[str, Any]:
-    """The results document: models, ratios, headline, SLO verdict and the conditions they hold under."""
+             slo: report.Slo, baseline: str = "baseline", optimized: str = "optimized",
+             judging: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The results document: models, ratios, headline, SLO verdict and the conditions they hold under.
+
+    `judging` (the task's metric, its chance-corrected metric and the majority and stratified-random
+    baselines on test) sits beside every accuracy figure, so no speed figure of a real model is read
+    without knowing what a model that ignores its input would score."""
     ratios = report.compare(models[baseline]["levels"], models[optimized]["levels"])
     pair = {"baseline": models[baseline], "optimized": models[optimized]}
     missed = report.check_slo(pair, ratios, slo)
@@ -84,6 +90,7 @@ def assemble(models: dict[str, Any], profiles: list[Profile], conditions: dict[s
         "models": models,
         "ratios": ratios,
         "headline": report.headline(ratios),
+        "judging": judging,
         "slo": {"configured": configured, "objectives": slo.__dict__, "missed": missed,
                 "exit_code": report.SLO_EXIT_CODE if missed else 0},
         "conditions": {"cpu": cpu_info()["model"], "duration_s": profiles[0].duration_s,

@@ -90,15 +90,37 @@ def tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
                             _fmt(lv["locust"]["rps"]), _fmt(lv["locust"]["p50_ms"], 0), _fmt(lv.get("server_cpu_share"), 2),
                             _fmt(lv.get("locust_cpu_share"), 2)])
     ratio_rows = [[str(u), _fmt(r["rps_ratio"], 2), _fmt(r["p50_ratio"], 2)] for u, r in results["ratios"].items()]
-    acc_rows = [[m["label"], _fmt(m["accuracy"], 4), m.get("accuracy_note", "")] for m in results["models"].values()]
+    acc_title, acc_header, acc_rows = accuracy_table(results)
     return [
         ("Served figures (after warm-up)",
          ["model", "users", "requests/s", "p50 ms", "p95 ms", "p99 ms", "failed / requests",
           "Locust requests/s", "Locust p50 ms", "server CPU share", "Locust CPU share"], figures),
         ("Optimised against baseline", ["users", "requests/s ratio (opt/base)", "p50 ratio (base/opt)"],
          ratio_rows),
-        ("Accuracy (from the upstream manifests, test split)", ["model", "accuracy", "note"], acc_rows),
+        (acc_title, acc_header, acc_rows),
     ]
+
+
+def accuracy_table(results: dict[str, Any]) -> tuple[str, list[str], list[list[str]]]:
+    """Each served model's test scores beside what a model that ignores its input scores."""
+    judging = results.get("judging") or {}
+    chance = judging.get("chance_metric")
+    names = {"mcc": "MCC", "macro_f1": "macro-F1"}
+    header = ["model", "accuracy"] + ([names.get(chance, chance)] if chance else []) + ["note"]
+    rows = []
+    for m in results["models"].values():
+        extra = [_fmt((m.get("scores") or {}).get(chance), 4)] if chance else []
+        rows.append([m["label"], _fmt(m["accuracy"], 4), *extra, m.get("accuracy_note", "")])
+    for base, label in (("majority", "always the majority class"), ("stratified", "stratified random (expected)")):
+        scores = (judging.get("baselines") or {}).get(base)
+        if scores:
+            rows.append([f"baseline: {label}", _fmt(scores["accuracy"], 4), *([_fmt(scores[chance], 4)] if chance else []),
+                         "what a model that ignores its input scores on the same test split"])
+    metric = judging.get("metric")
+    title = "Accuracy (from the upstream manifests, test split)"
+    if metric:
+        title += f"; the task is judged by {names.get(metric, metric)}"
+    return title, header, rows
 
 
 def _conditions(results: dict[str, Any]) -> list[str]:

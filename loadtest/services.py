@@ -122,8 +122,21 @@ def accuracies(finetune: Manifest, export: Manifest) -> dict[str, Any]:
         labeller = accuracy.get("labeller")
         labeller_note = ("labeller test accuracy (PyTorch); its ONNX fp32 export matches within "
                          f"{parity:.1e} logits" if parity is not None else "labeller test accuracy (PyTorch)")
+    scores = {role: ((roles.get(role) or {}).get("test_scores") or {}).get(p)
+              for role, p in (("optimized", precision), ("baseline", "fp32"))}
     return {
         "optimized": served if served is not None else accuracy.get(deploy), "optimized_name": deploy,
         "optimized_precision": precision, "optimized_note": note, "labeller": labeller,
         "labeller_note": labeller_note, "labeller_pytorch": accuracy.get("labeller"),
+        "optimized_scores": scores["optimized"], "labeller_scores": scores["baseline"],
+        "labeller_pytorch_scores": (ft.get("test") or {}).get("labeller"),
     }
+
+
+def judging(finetune: Manifest) -> dict[str, Any] | None:
+    """The task's metric, its chance-corrected metric and the test baselines, from the finetune manifest."""
+    ft = finetune.metrics
+    if not ft.get("baselines"):
+        return None  # a finetune stage from before bort recorded baselines
+    return {"metric": ft.get("metric"), "chance_metric": ft.get("chance_metric"),
+            "baselines": ft["baselines"]["test"]}

@@ -64,7 +64,10 @@ def run(cfg: RunConfig, run_dir: Path, args: Any = None) -> Manifest | int:
     profiles = make_profiles(cfg)
     server_cpus, locust_cpus = parse_cpus(cfg.loadtest.server_cpus), parse_cpus(cfg.loadtest.locust_cpus)
     models = measure_all(plans, profiles, texts_file, out / "raw", server_cpus, locust_cpus)
-    results = assemble(models, profiles, conditions(cfg, texts_file), slo_of(cfg))
+    from loadtest.services import judging
+
+    results = assemble(models, profiles, conditions(cfg, texts_file), slo_of(cfg),
+                       judging=judging(upstream["finetune"]))
     atomic_write_json(out / "results.json", results)
     render.write_report(results, out, out / "raw")
     manifest = write_manifest(run_dir, STAGE, cfg, fingerprint=fingerprint, metrics=manifest_metrics(results),
@@ -140,13 +143,13 @@ def plan_services(cfg: RunConfig, run_dir: Path, out: Path, upstream: dict[str, 
     optimized = ModelPlan(
         role="optimized", label=f"optimised ({acc['optimized_name']}, ONNX {acc['optimized_precision']})",
         spec=S.bort_serve_spec("optimized", port, config_file, timeout, run_dir=run_dir, role="optimized"),
-        accuracy=acc["optimized"], accuracy_note=acc["optimized_note"])
+        accuracy=acc["optimized"], accuracy_note=acc["optimized_note"], scores=acc["optimized_scores"])
     baseline = cfg.loadtest.baseline
     if baseline == "source_onnx":
         folder = upstream["export"].dir / "baseline" / "fp32"
         plan = ModelPlan(role="baseline", label="source (labeller, ONNX fp32)",
                          spec=S.folder_spec("baseline", folder, port, config_file, timeout),
-                         accuracy=acc["labeller"], accuracy_note=acc["labeller_note"])
+                         accuracy=acc["labeller"], accuracy_note=acc["labeller_note"], scores=acc["labeller_scores"])
     elif baseline == "source_torch":
         if task.is_pair:
             raise ConfigError("loadtest.baseline=source_torch serves single-text tasks only; "
@@ -154,7 +157,8 @@ def plan_services(cfg: RunConfig, run_dir: Path, out: Path, upstream: dict[str, 
         folder = upstream["finetune"].dir / "models" / "labeller"
         plan = ModelPlan(role="baseline", label="source (labeller, PyTorch fp32)",
                          spec=S.torch_spec(folder, cfg, port, timeout, labels=list(task.labels)),
-                         accuracy=acc["labeller_pytorch"], accuracy_note="labeller test accuracy (PyTorch)")
+                         accuracy=acc["labeller_pytorch"], accuracy_note="labeller test accuracy (PyTorch)",
+                         scores=acc["labeller_pytorch_scores"])
     else:
         plan = S.shape_plan(baseline.split(":", 1)[1], "fp32", task.labels, cfg, port, config_file, timeout)
     return [plan, optimized]
@@ -174,6 +178,8 @@ def manifest_metrics(results: dict[str, Any]) -> dict[str, Any]:
         "models": {role: {users: {k: lv[k] for k in keep} for users, lv in m["levels"].items()}
                    for role, m in models.items()},
         "accuracy": {role: m["accuracy"] for role, m in models.items()},
+        "scores": {role: m.get("scores") for role, m in models.items()},
+        "judging": results.get("judging"),
         "speed_only": {role: m["speed_only"] for role, m in models.items()},
         "slo": results["slo"],
     }

@@ -130,3 +130,16 @@ def test_report_accuracy_is_the_served_files_own_when_export_scored_it():
     acc = accuracies(finetune, new)
     assert acc["optimized"] == 0.825 and "as served (ONNX int8)" in acc["optimized_note"]
     assert acc["labeller"] == 0.8401 and acc["labeller_pytorch"] == 0.84
+
+
+def test_the_accuracy_table_puts_the_majority_baseline_and_the_chance_metric_beside_each_model():
+    results = {"models": {
+        "baseline": {"label": "source", "accuracy": 0.84, "scores": {"accuracy": 0.84, "mcc": 0.66}},
+        "optimized": {"label": "student", "accuracy": 0.80, "scores": {"accuracy": 0.80, "mcc": 0.58}}},
+        "judging": {"metric": "accuracy", "chance_metric": "mcc", "baselines": {
+            "majority": {"accuracy": 0.58, "mcc": 0.0}, "stratified": {"accuracy": 0.51, "mcc": 0.0}}}}
+    title, header, rows = render.accuracy_table(results)
+    assert header == ["model", "accuracy", "MCC", "note"] and "judged by accuracy" in title
+    assert rows[1][:3] == ["student", "0.8000", "0.5800"]
+    assert rows[2][:3] == ["baseline: always the majority class", "0.5800", "0.0000"]
+    assert rows[3][0] == "baseline: stratified random (expected)"
