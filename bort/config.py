@@ -85,6 +85,9 @@ class TaskConfig(Section):
     label_column: Str = Field("label", min_length=1)
     group_column: Str = ""  # rows sharing a group never straddle splits (identical texts never do)
     labels: tuple[Str, ...] = ()  # allowed label names, in id order; empty: sorted labels found in train
+    # Column names of a GLUE TSV that has no header line, in file order (CoLA: [source, label,
+    # original_label, sentence]); then task.text_column / task.label_column pick among them. Empty: a header.
+    tsv_columns: tuple[Str, ...] = ()
     dev_fraction: Num = Field(0.1, ge=0, lt=0.5)  # of all rows; for a GLUE folder, of train.tsv (its dev.tsv is the test split)
     test_fraction: Num = Field(0.1, ge=0, lt=0.5)  # ignored for a GLUE folder
     max_train_rows: Int = Field(0, ge=0)  # 0: all rows; else a seeded label-stratified sample after splitting
@@ -375,6 +378,37 @@ class ServeConfig(Section):
     # (and, where requests are merged, none arrived with it): two thread hand-offs fewer. 0: never.
     inline_max_texts: Int = Field(1, ge=0)
     startup_timeout_s: Num = Field(120.0, gt=0)
+    # Backpressure, in texts (or pairs), so that one 64-text request weighs what it costs: texts waiting for
+    # the model or in its current call, past which a request is shed with 503 and Retry-After (/readyz: 503).
+    max_queue: Int = Field(256, ge=1)
+    # A request still waiting for the model this long after it arrived gets 503 and is never computed;
+    # a model call running longer than this makes /readyz answer 503 (the model thread is stuck).
+    request_timeout_s: Num = Field(10.0, gt=0)
+    read_timeout_s: Num = Field(10.0, gt=0)  # the whole body must arrive within this (else 408, connection closed)
+    allow_open: Bool = False  # listen on a non-loopback address with no API key (refused otherwise)
+
+    @model_validator(mode="after")
+    def _queue_holds_a_request(self) -> ServeConfig:
+        if self.max_queue < self.max_texts:
+            raise ValueError(f"serve.max_queue ({self.max_queue} texts) must be >= serve.max_texts "
+                             f"({self.max_texts}), or a request at the limit could never be queued")
+        return self
+
+    def exposure_error(self, host: str | None = None) -> str | None:
+        """Why the service must not listen on ``host`` (default ``serve.host``), or None when it may:
+        a non-loopback address needs an API key or ``serve.allow_open=true``."""
+        import ipaddress
+
+        host = self.host if host is None else host
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if loopback or self.allow_open or self.api_key():
+            return None
+        return (f"serve.host {host!r} is reachable from other machines and no API key is set "
+                f"(${self.api_key_env} is empty): set {self.api_key_env} (clients then send X-API-Key), "
+                "or set serve.allow_open=true to serve without one")
 
     def api_key(self) -> str | None:
         """The required API key, or None when its environment variable is unset or empty."""

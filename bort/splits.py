@@ -25,6 +25,7 @@ from bort.taskfiles import RawRow, RawTable, normalize_text
 log = logging.getLogger(__name__)
 
 _INT = re.compile(r"[+-]?\d+")
+_FLOAT = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+(\.\d*)?[eE][+-]?\d+)")
 
 
 def where(row: RawRow) -> str:
@@ -77,6 +78,13 @@ def _label_kind(value: Any, row: RawRow, table: RawTable) -> tuple[str, str]:
     value = value.strip()
     if not table.typed_labels and _INT.fullmatch(value):
         return "int", str(int(value))
+    if not table.typed_labels and _FLOAT.fullmatch(value):
+        if float(value).is_integer():  # "1.0": a class id written by a float-typed table
+            return "int", str(int(float(value)))
+        raise DataError(f"{where(row)}: label {value!r} in column {column!r} is a fractional number: a "
+                        "regression target (like STS-B's similarity scores), and regression is not "
+                        f"supported; give {column!r} class names or integers, or point task.label_column "
+                        "at a column of classes")
     return "str", value
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import bz2
 import csv
 import io
+import itertools
 import json
 import re
 from dataclasses import dataclass
@@ -228,11 +229,36 @@ def _glue_columns(path: Path, header: list[str], task_cfg: TaskConfig) -> tuple[
     for text, pair in GLUE_TEXT_COLUMNS:
         if label and text in header and (pair is None or pair in header):
             return text, pair, label
+    if _looks_like_data(header):
+        raise DataError(
+            f"{path}: line 1 is data, not a header ({' | '.join(f[:30] for f in header)}): the file has no "
+            "header line (GLUE's CoLA layout: source, label, original label, sentence); name its columns in "
+            "file order with task.tsv_columns, e.g. --set 'task.tsv_columns=[source,label,original_label,sentence]'"
+        )
     raise DataError(
         f"{path}: no GLUE text and label columns in the header (columns found: {', '.join(header)}); "
         "expected e.g. sentence/label or sentence1/sentence2/label, or set task.text_column, "
-        "task.text_pair_column and task.label_column"
+        "task.text_pair_column and task.label_column (or task.tsv_columns when the file has no header line)"
     )
+
+
+def _looks_like_data(fields: list[str]) -> bool:
+    """A first line that no header would be: an empty or all-digit field, or a sentence-long one."""
+    return any(not f.strip() or f.strip().isdigit() or len(f.split()) >= 4 for f in fields)
+
+
+def _header(path: Path, first: list[str], task_cfg: TaskConfig) -> tuple[list[str], bool]:
+    """(column names, whether line 1 holds them): ``task.tsv_columns`` names a header-less file's."""
+    if not task_cfg.tsv_columns:
+        return first, True
+    names = list(task_cfg.tsv_columns)
+    if not _looks_like_data(first) and any(c in first for c in (*GLUE_LABEL_COLUMNS, task_cfg.label_column)):
+        raise DataError(f"{path}: line 1 is a header ({', '.join(first)}), but task.tsv_columns says the "
+                        "file has none; unset task.tsv_columns")
+    if len(first) != len(names):
+        raise DataError(f"{path}: line 1 has {len(first)} tab-separated fields, task.tsv_columns names "
+                        f"{len(names)} ({', '.join(names)}); name every column in file order")
+    return names, False
 
 
 def _read_tsv(path: Path, columns: tuple[str, str | None, str] | None, task_cfg: TaskConfig):
@@ -241,19 +267,22 @@ def _read_tsv(path: Path, columns: tuple[str, str | None, str] | None, task_cfg:
         raise DataError(f"{path.parent}: GLUE folder has no {path.name}; expected train.tsv and dev.tsv")
     lines = [line.rstrip("\r") for line in _read_text(path).split("\n")]  # U+2028 etc. stay in the text
     reader = csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE)
-    header = next(reader)
+    first = next(reader)
+    header, has_header = _header(path, first, task_cfg)
+    body = reader if has_header else itertools.chain([first], reader)
     text_col, pair_col, label_col = columns or _glue_columns(path, header, task_cfg)
     _check_columns(path, header, {"text_column": text_col, "label_column": label_col})
     _check_columns(path, header, {"group_column": task_cfg.group_column})
     index = {name: header.index(name) for name in (text_col, pair_col, label_col) if name}
     group_i = header.index(task_cfg.group_column) if task_cfg.group_column else None
     rows = []
-    for n, fields in enumerate(reader, start=2):
+    for n, fields in enumerate(body, start=2 if has_header else 1):
         if not any(f.strip() for f in fields):
             continue
         if len(fields) != len(header):
-            raise DataError(f"{path}: line {n}: has {len(fields)} tab-separated fields, the header has "
-                            f"{len(header)}; remove stray tabs from the row")
+            raise DataError(f"{path}: line {n}: has {len(fields)} tab-separated fields, the "
+                            f"{'header' if has_header else 'task.tsv_columns'} {len(header)}; remove stray "
+                            "tabs from the row")
         rows.append(RawRow(fields[index[text_col]], fields[index[pair_col]] if pair_col else None,
                            fields[index[label_col]].strip(),
                            _group(fields[group_i]) if group_i is not None else None, str(path), n))

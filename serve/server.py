@@ -25,7 +25,7 @@ from typing import Any
 from bort import processes
 from bort.artifacts import read_manifest
 from bort.config import RunConfig, ServeConfig
-from bort.errors import ArtifactError, BortError
+from bort.errors import ArtifactError, BortError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,14 @@ SERVICE = "serve.service:Classifier"
 
 
 def run(cfg: RunConfig, run_dir: Path, args: Any = None) -> int:
-    """Serve the chosen model folder until SIGINT/SIGTERM; print the URL once it answers."""
+    """Serve the chosen model folder until SIGINT/SIGTERM; print the URL once it answers.
+
+    Raises:
+        ConfigError: a non-loopback ``serve.host`` with no API key and ``serve.allow_open`` false
+            (checked here before the model is loaded; the service checks again for itself).
+    """
+    if problem := cfg.serve.exposure_error():
+        raise ConfigError(problem)
     folder, what = model_folder(cfg, run_dir)
     server = ServerProcess(folder, cfg.serve, log_path=None)
     stop = {"signal": None}

@@ -1,8 +1,9 @@
 """HTTP input checks for ``POST /classify``: every bad request becomes a 4xx with a JSON message.
 
 Pure functions over bytes and headers, no web framework, so they are unit-testable and the
-service stays thin. Status codes: 400 malformed body, 401 API key, 413 body too large,
-415 content type, 422 well-formed JSON that breaks the contract.
+service stays thin. Status codes: 400 malformed body, 401 API key, 408 body not received in time
+(``serve.app.read_body``), 413 body too large, 415 content type, 422 well-formed JSON that breaks
+the contract.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ EXAMPLE_PAIR = '{"pairs": [["a man is eating", "someone eats"]]}'
 class RequestError(Exception):
     """A client mistake: the HTTP status and a message saying what was wrong and what is expected."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers  # e.g. Connection: close, when the request's framing cannot be trusted
 
 
 def check_api_key(expected: str | None, given: str | None) -> None:

@@ -180,3 +180,52 @@ def test_bad_task_config_values_name_the_key():
         C.from_dict({"task": {"labels": ["a", "a"]}})
     with pytest.raises(ConfigError, match="corpus.heldout_fraction"):
         C.from_dict({"corpus": {"heldout_fraction": 0.9}})
+
+
+def sts_b_csv(path: Path) -> Path:
+    path.write_text("text,label\n" + "".join(f"pair {i},{(i * 0.523) % 5:.3f}\n" for i in range(1, 21)))
+    return path
+
+
+def cola_lines(n: int, start: int = 0) -> str:
+    # CoLA: no header line; source, label, original label (mostly empty), sentence
+    return "".join(f"gj04\t{i % 2}\t{'*' if i % 2 == 0 else ''}\tthe sailors rode breeze number {i} .\n"
+                   for i in range(start, start + n))
+
+
+def cola(root: Path) -> Path:
+    root.mkdir()
+    (root / "train.tsv").write_text(cola_lines(30), encoding="utf-8")
+    (root / "dev.tsv").write_text(cola_lines(6, start=100), encoding="utf-8")
+    return root
+
+
+def test_fractional_csv_labels_are_refused_as_regression_naming_the_column(tmp_path):
+    fails(sts_b_csv(tmp_path / "sts.csv"), "sts.csv: line 2", "'0.523'", "column 'label'",
+          "regression is not supported", "task.label_column")
+
+
+def test_float_written_class_ids_still_load(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("text,label\n" + "".join(f"text {i},{i % 2}.0\n" for i in range(20)))
+    assert load(path).labels == ["0", "1"]
+
+
+def test_headerless_glue_tsv_is_recognised_and_names_the_setting(tmp_path):
+    fails(cola(tmp_path / "cola"), "train.tsv: line 1 is data, not a header", "no header line",
+          "task.tsv_columns=[source,label,original_label,sentence]")
+
+
+def test_headerless_glue_tsv_loads_with_tsv_columns(tmp_path):
+    task = load(cola(tmp_path / "cola"), tsv_columns=["source", "label", "original_label", "sentence"])
+    assert task.labels == ["0", "1"] and len(task.test) == 6
+    assert all(e.text.startswith("the sailors rode breeze") for e in task.train + task.test)
+
+
+def test_tsv_columns_on_a_file_with_a_header_is_refused(tmp_path):
+    folder = glue(tmp_path / "g", rows_tsv := "".join(f"s {i}\t{i % 2}\n" for i in range(20)), rows_tsv)
+    fails(folder, "line 1 is a header", "unset task.tsv_columns", tsv_columns=["sentence", "label"])
+
+
+def test_tsv_columns_must_name_every_column(tmp_path):
+    fails(cola(tmp_path / "cola"), "has 4 tab-separated fields", "names 2", tsv_columns=["label", "sentence"])

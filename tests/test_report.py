@@ -57,3 +57,62 @@ def _flat(d, prefix=""):
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+def _chromium() -> str | None:
+    import os
+    import shutil
+
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        import pytest
+
+        if os.environ.get("CI"):
+            pytest.fail("Chromium is missing on CI: .ci/run installs it (apt-get install chromium)")
+        pytest.skip("Chromium is not installed here (apt-get install chromium chromium-driver; .ci/run does)")
+    return found
+
+
+# Runs once the page has loaded: records what the browser itself decoded, for --dump-dom to show.
+PROBE = """<script>addEventListener('load', () => { for (const img of document.images) {
+  img.dataset.decoded = img.complete && img.naturalWidth > 0 ? 'yes' : 'no'; } });</script>"""
+
+
+def test_html_report_renders_every_section_and_image_in_a_headless_browser(tmp_path):
+    import re
+    import subprocess
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    chromium = _chromium()
+    run_dir = tmp_path / "run"
+    _write_fake_run(run_dir)
+    for stage, name, _ in R.PLOTS:
+        fig, ax = plt.subplots(figsize=(2, 1.5))
+        ax.plot([0, 1], [1, 0])
+        fig.savefig(run_dir / stage / name)
+        plt.close(fig)
+    timings = [{"stage": "optimize", "seconds": 1.0, "skipped": False}]
+    html = R.write_run_report(run_dir, timings=timings)["html"].read_text()
+    probed = tmp_path / "probed.html"  # the report alone in a folder of its own: nothing beside it to load
+    probed.write_text(html.replace("</body>", PROBE + "</body>"))
+    (run_dir / "optimize" / "pareto.png").unlink()  # the file must not be needed once embedded
+    done = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom",
+         probed.as_uri()], capture_output=True, text=True, timeout=120)
+    dom = done.stdout
+    assert done.returncode == 0 and "<h1>" in dom, done.stderr[-2000:]
+    titles = [title for title, _, _ in R.SECTIONS] + ["Stage times", "Machine"]
+    for title in titles:
+        assert f"<h2>{title}</h2>" in dom, title
+    images = re.findall(r"<img [^>]*>", dom)
+    assert len(images) == len(R.PLOTS)
+    for (_, _, caption), img in zip(R.PLOTS, images, strict=True):
+        assert 'src="data:image/png;base64,' in img and f'alt="{caption}"' in img
+        assert 'data-decoded="yes"' in img, f"the browser did not decode {caption!r}"
+    assert not re.search(r"""(src|href)=["'](?!data:)""", dom), "the report refers to a file or URL"
