@@ -56,6 +56,7 @@ import numpy as np
 
 from agora import train as T
 from agora.checkpoint import LoopState, load_state, save_state
+from agora.fanout import ThetaRun, run_thetas, theta_executor
 from agora.guard import Guard, example_key
 from agora.transform import TextTransform
 from bort.config import RunConfig
@@ -78,7 +79,7 @@ class Theta:
 def thetas_from_config(cfg: RunConfig) -> list[Theta]:
     """Θ from ``cfg.finetune.thetas``; keys a set leaves out take the section's values."""
     f = cfg.finetune
-    return [Theta(theta.text, T.TrainSpec(**f.theta_values(theta, cfg.seed), grad_clip=f.grad_clip,
+    return [Theta(theta.text, T.TrainSpec(**f.theta_values(theta, f.students_seed(cfg.seed)), grad_clip=f.grad_clip,
                                           freeze_word_embeddings=f.freeze_word_embeddings))
             for theta in f.thetas]
 
@@ -156,7 +157,13 @@ class AgoraResult:
 
 
 def run_agora(inputs: AgoraInputs, cfg: RunConfig, checkpoint_dir: Path, fingerprint: str) -> AgoraResult:
-    """Run the loop within ``cfg.finetune``'s budgets; resume from `checkpoint_dir` when it matches."""
+    """Run the loop within ``cfg.finetune``'s budgets; resume from `checkpoint_dir` when it matches.
+    Each round's θ fine-tunes run where ``finetune.executor`` says (:mod:`agora.fanout`)."""
+    with theta_executor(cfg.finetune) as executor:
+        return _loop(inputs, cfg, checkpoint_dir, fingerprint, executor)
+
+
+def _loop(inputs: AgoraInputs, cfg: RunConfig, checkpoint_dir: Path, fingerprint: str, executor: Any) -> AgoraResult:
     f = cfg.finetune
     thetas = {t.name: t for t in thetas_from_config(cfg)}
     deadline = time.time() + f.time_budget_s
@@ -169,7 +176,7 @@ def run_agora(inputs: AgoraInputs, cfg: RunConfig, checkpoint_dir: Path, fingerp
             break
         started = time.time()
         train_set = inputs.train + state.points
-        runs = _train_round(inputs, cfg, [thetas[n] for n in state.thetas], train_set, best_model, state)
+        runs = _train_round(inputs, cfg, [thetas[n] for n in state.thetas], train_set, best_model, state, executor)
         round_best = max(runs, key=lambda r: r["score"])  # first of equals: Θ's order
         improved = round_best["score"] > state.best_score
         if improved:
@@ -246,25 +253,33 @@ def _another_round(left: list[str], replay: bool, f: Any, deadline: float,
 
 
 def _train_round(inputs: AgoraInputs, cfg: RunConfig, thetas: list[Theta], train_set: list[Example],
-                 best_model: Any, state: LoopState) -> list[dict[str, Any]]:
-    """One fine-tune per θ; each scored on dev. Only the round's best model is kept in memory."""
+                 best_model: Any, state: LoopState, executor: Any = None) -> list[dict[str, Any]]:
+    """One fine-tune per θ (independent: inline one after the other, or all at once on Ray); each
+    scored on dev. Only the round's best model is kept in memory."""
     f = cfg.finetune
-    runs: list[dict[str, Any]] = []
-    kept: Any = None
+    warm = state.iteration > 0 and f.warm_start and best_model is not None
+    jobs, reused = [], {}
     for theta in thetas:
         spec = replace(theta.spec, seed=theta.spec.seed + ITERATION_SEED_STRIDE * state.iteration)
-        warm = state.iteration > 0 and f.warm_start and best_model is not None
         if warm:
             spec = replace(spec, epochs=f.round_epochs)
         if state.iteration == 0 and inputs.plain is not None and inputs.plain[0] == spec:
-            model = copy.deepcopy(inputs.plain[1])  # the same run, already made by plain fine-tuning
+            reused[theta.name] = copy.deepcopy(inputs.plain[1])  # the same run, already made by plain fine-tuning
             log.info("agora: θ %s is plain fine-tuning's setting; reusing that model", theta.name)
         else:
-            model = copy.deepcopy(best_model) if warm else T.new_classifier(
-                inputs.student_dir, inputs.labels, spec.seed)
-            T.fine_tune(model, inputs.tokenizer, train_set, spec, f.seq_len, inputs.guard,
-                        desc=f"agora it{state.iteration} {theta.name}")
-        dev = T.evaluate(model, inputs.tokenizer, inputs.dev, f.seq_len, f.eval_batch_size, inputs.guard)
+            jobs.append((theta.name, spec, warm, f"agora it{state.iteration} {theta.name}"))
+    run = ThetaRun(Path(inputs.student_dir), inputs.labels, inputs.tokenizer, train_set, inputs.dev, inputs.guard,
+                   f.seq_len, f.eval_batch_size, best_model if warm else None)
+    trained = run_thetas(run, jobs, executor, max(1, f.num_threads))
+    runs: list[dict[str, Any]] = []
+    kept: Any = None
+    for theta in thetas:
+        if theta.name in reused:
+            model = reused.pop(theta.name)
+            dev = T.evaluate(model, inputs.tokenizer, inputs.dev, f.seq_len, f.eval_batch_size, inputs.guard)
+        else:
+            name, model, dev = next(trained)
+            assert name == theta.name  # run_thetas keeps the jobs' order
         score = selection_score(inputs, dev, inputs.metric)
         runs.append({"theta": theta.name, "score": score, "dev": dev})
         if kept is None or score > kept["score"]:
@@ -272,8 +287,8 @@ def _train_round(inputs: AgoraInputs, cfg: RunConfig, thetas: list[Theta], train
                 kept["model"] = None  # free the weights of the run it beat
             kept = runs[-1]
             kept["model"] = model
-    for run in runs:
-        run.setdefault("model", None)
+    for run_row in runs:
+        run_row.setdefault("model", None)
     return runs
 
 

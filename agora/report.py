@@ -61,7 +61,7 @@ def _pct(value: float | None) -> str:
 
 
 def write_report(folder: Path, metrics: dict[str, Any], rows: list[dict[str, Any]], cfg: RunConfig) -> None:
-    """``report.md``: the three models and the baselines side by side on the untouched test split, then
+    """``report.md``: the models and the baselines side by side on the untouched test split, then
     the rounds."""
     metric, chance = metrics["metric"], metrics["chance_metric"]
     cols = list(dict.fromkeys(["accuracy", chance, metric]))
@@ -81,7 +81,7 @@ def write_report(folder: Path, metrics: dict[str, Any], rows: list[dict[str, Any
         "| model | " + " | ".join(f"test {names[c]}" for c in cols) + f" | dev {names[metric]} | seconds |",
         "|---|" + "---|" * (len(cols) + 2),
     ]
-    for name in ("labeller", "plain", "agora"):
+    for name in [n for n in ("labeller", "plain", "distil", "agora") if n in metrics["test"]]:
         lines.append(f"| {name} | " + " | ".join(_pct(metrics["test"][name][c]) for c in cols) +
                      f" | {_pct(metrics['dev'][name][metric])} | {metrics['seconds'][name]} |")
     enum = metrics["enumeration"]

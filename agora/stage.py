@@ -14,9 +14,12 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from agora import loop, report
 from agora import train as T
@@ -37,6 +40,7 @@ from bort.artifacts import (
 )
 from bort.config import RunConfig
 from bort.errors import ArtifactError, BortError, ConfigError
+from bort.task import Example
 
 log = logging.getLogger(__name__)
 STAGE = "finetune"
@@ -67,10 +71,7 @@ def run(cfg: RunConfig, run_dir: Path, args: Any = None) -> Manifest:
     started, run_dir = time.time(), Path(run_dir)
     if cfg.finetune.num_threads:
         torch.set_num_threads(cfg.finetune.num_threads)
-    try:
-        device = T.set_device(cfg.finetune.device)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    device = T.set_device(cfg.finetune.device)  # a CUDA device torch does not see: ConfigError, one line
     log.info("finetune runs on %s", device)
     student_dir, upstream = locate_student(cfg, run_dir)
     fingerprint = stage_fingerprint(cfg, STAGE, upstream={"pretrain": upstream})
@@ -88,12 +89,18 @@ def run(cfg: RunConfig, run_dir: Path, args: Any = None) -> Manifest:
     labeller = ensure_labeller(cfg, out, source, task.labels, train, dev, guard)
     labeller_gate = check_labeller(labeller, cfg, judge)
     plain = ensure_plain(cfg, out, student_dir, upstream, task.labels, train, dev, guard)
+    transform = make_transform(cfg, source, labeller, guard)
+    trained = {"labeller": labeller, "plain": plain}
+    if cfg.finetune.distil:
+        trained["distil"] = ensure_distilled(cfg, out, student_dir, upstream, task.labels, train, dev, guard,
+                                             labeller, transform)
     agora_started = time.time()
-    inputs = _agora_inputs(cfg, source, student_dir, task.labels, train, dev, guard, labeller, plain, judge.metric)
+    inputs = agora_inputs(cfg, student_dir, task.labels, train, dev, guard, labeller, plain, judge.metric,
+                           transform)
     result = loop.run_agora(inputs, cfg, out / "checkpoints" / "agora", fingerprint)
     T.save_classifier(result.model, plain.tokenizer, out / "models" / "agora")
-    agora = Trained(result.model, plain.tokenizer, result.dev, round(time.time() - agora_started, 1))
-    facts = _metrics(cfg, task, {"labeller": labeller, "plain": plain, "agora": agora}, result, guard, judge)
+    trained["agora"] = Trained(result.model, plain.tokenizer, result.dev, round(time.time() - agora_started, 1))
+    facts = _metrics(cfg, task, trained, result, guard, judge)
     facts["labeller_gate"] = labeller_gate
     if cfg.finetune.ablation:
         facts["ablation"] = _ablation(cfg, inputs, result, task.test)
@@ -144,8 +151,10 @@ def _cached(out: Path, name: str, fingerprint: str) -> dict[str, Any] | None:
 
 
 def _train_part(cfg: RunConfig, out: Path, name: str, fingerprint: str, encoder_dir: Path, labels: list[str],
-                spec: T.TrainSpec, train: list, dev: list, guard: Guard) -> Trained:
-    """Load a cached part, or fine-tune `encoder_dir` on train, score dev, save, record."""
+                spec: T.TrainSpec, train: list, dev: list, guard: Guard,
+                make_soft: Callable[[], tuple[list, T.SoftTargets]] | None = None) -> Trained:
+    """Load a cached part, or fine-tune `encoder_dir` on train (or on what `make_soft` returns, with
+    soft targets), score dev, save, record. A killed fine-tune resumes from its last checkpoint."""
     f = cfg.finetune
     if (record := _cached(out, name, fingerprint)) is not None:
         log.info("%s: cached (%s)", name, out / "models" / name)
@@ -157,13 +166,15 @@ def _train_part(cfg: RunConfig, out: Path, name: str, fingerprint: str, encoder_
     started = time.time()
     tokenizer = _tokenizer(encoder_dir, cfg)
     model = T.new_classifier(encoder_dir, labels, spec.seed)
-    T.fine_tune(model, tokenizer, train, spec, f.seq_len, guard, desc=name)
+    examples, soft = (train, None) if make_soft is None else make_soft()
+    T.fine_tune(model, tokenizer, examples, spec, f.seq_len, guard, desc=name, soft=soft,
+                resume=T.Resume(out / "checkpoints" / name, fingerprint))
     scored = T.evaluate(model, tokenizer, dev, f.seq_len, f.eval_batch_size, guard)
     dev_scores = {k: v for k, v in scored.items() if k != "pred"}
     T.save_classifier(model, tokenizer, out / "models" / name)
     seconds = round(time.time() - started, 1)
     atomic_write_json(out / "parts" / f"{name}.json", {
-        "fingerprint": fingerprint, "dev": dev_scores, "seconds": seconds,
+        "fingerprint": fingerprint, "dev": dev_scores, "seconds": seconds, "examples": len(examples),
         "sha256": sha256_file(out / "models" / name / "model.safetensors")})
     log.info("%s: dev accuracy %.4f, macro-F1 %.4f (%.0f s)", name, dev_scores["accuracy"],
              dev_scores["macro_f1"], seconds)
@@ -212,21 +223,52 @@ def ensure_plain(cfg: RunConfig, out: Path, student_dir: Path, upstream: str, la
                  dev: list, guard: Guard) -> Trained:
     """The control: the student fine-tuned on the training split alone (cached like the labeller)."""
     spec = plain_spec(cfg)
-    fp = _part_fingerprint(cfg, (*TRAIN_KEYS, "epochs", "lr"), {"student": upstream})
+    fp = _part_fingerprint(cfg, (*TRAIN_KEYS, "epochs", "lr", "student_seed"), {"student": upstream})
     return _train_part(cfg, out, "plain", fp, student_dir, labels, spec, train, dev, guard)
+
+
+def ensure_distilled(cfg: RunConfig, out: Path, student_dir: Path, upstream: str, labels: list[str], train: list,
+                     dev: list, guard: Guard, labeller: Trained, transform: TextTransform) -> Trained:
+    """Task-specific distillation (TinyBERT's recipe): the student trained to the labeller's soft
+    outputs on the training texts and on G's perturbations of them (``finetune.distil_augment`` per
+    text), cached like the other parts."""
+    f = cfg.finetune
+    spec = T.TrainSpec(lr=f.distil_lr, weight_decay=f.weight_decay, warmup_ratio=f.warmup_ratio,
+                       epochs=f.distil_epochs, batch_size=f.batch_size, seed=f.students_seed(cfg.seed),
+                       grad_clip=f.grad_clip,
+                       freeze_word_embeddings=f.freeze_word_embeddings)
+    keys = (*TRAIN_KEYS, "student_seed", "distil_epochs", "distil_lr", "distil_temperature", "distil_alpha", "distil_augment",
+            "distil_candidates", "similarity_band", "edit_rate", "neighbours", "embedder")
+    fp = _part_fingerprint(cfg, keys, {"student": upstream,
+                                       "labeller": json.loads((out / "parts" / "labeller.json").read_text())["sha256"]})
+
+    def make_soft() -> tuple[list, T.SoftTargets]:
+        points: list = []
+        if f.distil_augment > 0:
+            g = TextTransform(transform.neighbours, transform.embed,
+                              replace(transform.settings, k=f.distil_augment, candidates=f.distil_candidates),
+                              guard, transform.mlm)
+            made, stats = g(train, np.random.default_rng([f.students_seed(cfg.seed), 11]))
+            points = [Example(p.text, -1, p.text_pair) for p in made]
+            log.info("distil: G made %d new texts from %d training texts (%d tries, %d in band)", len(points),
+                     len(train), stats.candidates, stats.in_band)
+        examples = list(train) + points
+        probs = T.predict(labeller.model, labeller.tokenizer, examples, f.seq_len, f.eval_batch_size)
+        return examples, T.SoftTargets(probs, f.distil_temperature, f.distil_alpha)
+
+    return _train_part(cfg, out, "distil", fp, student_dir, labels, spec, train, dev, guard, make_soft)
 
 
 def plain_spec(cfg: RunConfig) -> T.TrainSpec:
     """Plain fine-tuning's settings: the ``finetune`` section's own values."""
     f = cfg.finetune
     return T.TrainSpec(lr=f.lr, weight_decay=f.weight_decay, warmup_ratio=f.warmup_ratio, epochs=f.epochs,
-                       batch_size=f.batch_size, seed=cfg.seed, grad_clip=f.grad_clip,
+                       batch_size=f.batch_size, seed=f.students_seed(cfg.seed), grad_clip=f.grad_clip,
                        freeze_word_embeddings=f.freeze_word_embeddings)
 
 
-def _agora_inputs(cfg: RunConfig, source: Any, student_dir: Path, labels: list[str], train: list, dev: list,
-                  guard: Guard, labeller: Trained, plain: Trained, metric: str) -> loop.AgoraInputs:
-    """Wire G (neighbours from the labeller, band embeddings, guard) and the labelling function."""
+def make_transform(cfg: RunConfig, source: Any, labeller: Trained, guard: Guard) -> TextTransform:
+    """G: neighbours from the labeller's word embeddings, the band's sentence embedder, the guard."""
     f = cfg.finetune
     if f.embedder == "source":
         with T.quiet_transformers():
@@ -245,7 +287,13 @@ def _agora_inputs(cfg: RunConfig, source: Any, student_dir: Path, labels: list[s
     log.info("G: substitute / drop / swap%s", " / MLM infill" if mlm else " (no MLM head: no infill)")
     settings = GSettings(k=f.points_per_mistake, candidates=f.candidates_per_mistake, band=f.similarity_band,
                          edit_rate=f.edit_rate, max_words=f.seq_len)
-    transform = TextTransform(Neighbours(labeller.tokenizer, weight, f.neighbours), embed, settings, guard, mlm)
+    return TextTransform(Neighbours(labeller.tokenizer, weight, f.neighbours), embed, settings, guard, mlm)
+
+
+def agora_inputs(cfg: RunConfig, student_dir: Path, labels: list[str], train: list, dev: list, guard: Guard,
+                  labeller: Trained, plain: Trained, metric: str, transform: TextTransform) -> loop.AgoraInputs:
+    """Wire G and the labelling function into the loop's inputs."""
+    f = cfg.finetune
 
     def label(points: list) -> Any:
         return T.predict(labeller.model, labeller.tokenizer, points, f.seq_len, f.eval_batch_size)
@@ -279,10 +327,7 @@ def _metrics(cfg: RunConfig, task: Any, models: dict[str, Trained], result: loop
             for name, m in models.items()}
     enum = T.evaluate(result.round1_model, models["plain"].tokenizer, task.test, f.seq_len, f.eval_batch_size)
     metric = judge.metric
-    plain_dev, agora_dev = models["plain"].dev[metric], models["agora"].dev[metric]
-    deploy = "plain" if plain_dev > agora_dev else "agora"
-    reason = (f"plain fine-tuning beat Agora on dev {metric} ({plain_dev:.4f} > {agora_dev:.4f})"
-              if deploy == "plain" else f"best dev {metric}: agora {agora_dev:.4f} >= plain {plain_dev:.4f}")
+    deploy, reason = choose_student(models, metric)
     acc = {name: test[name]["accuracy"] for name in models}
     gap = acc["labeller"] - acc["plain"]
     closed = (acc["agora"] - acc["plain"]) / gap if gap > 0 else None
@@ -298,6 +343,8 @@ def _metrics(cfg: RunConfig, task: Any, models: dict[str, Trained], result: loop
         "dev_macro_f1": {n: m.dev["macro_f1"] for n, m in models.items()},
         "enumeration": {**_public(enum), "dev_accuracy": first["dev_accuracy"]},
         "gap_closed": None if closed is None else round(closed, 4),
+        "gap_closed_by": {n: round((acc[n] - acc["plain"]) / gap, 4) if gap > 0 else None
+                          for n in models if n not in ("labeller", "plain")},
         "gap_closed_text": "n/a (the labeller is not ahead of plain on test)" if closed is None else
         f"{100 * closed:.0f}% of the labeller's {100 * gap:.2f}-point lead over plain on test",
         "rounds": max(r["round"] for r in result.rows), "iterations": len(result.rows),
@@ -310,6 +357,17 @@ def _metrics(cfg: RunConfig, task: Any, models: dict[str, Trained], result: loop
         "sizes": {"train": len(task.train), "dev": len(task.dev), "test": len(task.test)},
         "models": {name: f"models/{name}" for name in models},
     }
+
+
+STUDENTS = ("agora", "distil", "plain")  # the deploy choice's order among equals
+
+
+def choose_student(models: dict[str, Trained], metric: str) -> tuple[str, str]:
+    """The student to deploy: the best dev `metric` among plain, Agora and (when trained) distillation."""
+    scores = {n: models[n].dev[metric] for n in STUDENTS if n in models}
+    best = max(scores, key=lambda n: (scores[n], -STUDENTS.index(n)))
+    others = ", ".join(f"{n} {v:.4f}" for n, v in scores.items() if n != best)
+    return best, f"best dev {metric}: {best} {scores[best]:.4f} (against {others})"
 
 
 def _public(scored: dict[str, Any]) -> dict[str, float]:

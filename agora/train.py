@@ -20,6 +20,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from agora.guard import Guard
-from bort import metrics
+from bort import devices, metrics
 
 log = logging.getLogger(__name__)
 
@@ -40,20 +41,8 @@ _DEVICE = torch.device("cpu")
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> the first CUDA GPU torch sees, else the CPU; ``cpu`` / ``cuda`` / ``cuda:N`` as given.
-
-    Raises:
-        ValueError: a CUDA device was asked for and torch sees none (or not that many).
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if (device.index or 0) >= count:
-            raise ValueError(f"finetune.device={name!r}, but torch sees {count} CUDA device(s) here; "
-                             "use finetune.device=cpu or auto")
-    return device
+    """``finetune.device``'s torch device (:func:`bort.devices.resolve_device`)."""
+    return devices.resolve_device(name, "finetune.device")
 
 
 def set_device(name: str) -> torch.device:
@@ -202,9 +191,39 @@ def save_classifier(model: Any, tokenizer: Any, folder: str | Path) -> Path:
     return folder
 
 
+@dataclass(frozen=True)
+class SoftTargets:
+    """Distillation targets for :func:`fine_tune`: the teacher's class probabilities per example.
+
+    ``loss = alpha · CE(gold) + (1 - alpha) · T² · KL(teacher_T ‖ student_T)``, the gold term only on
+    examples that have a gold label (label >= 0; G's new points have none), ``teacher_T`` the
+    teacher's probabilities re-tempered by ``temperature``.
+    """
+
+    probs: np.ndarray  # (n_examples, n_labels)
+    temperature: float = 1.0
+    alpha: float = 0.0
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where a long fine-tune checkpoints (every ``every_s`` seconds of training) and under which key:
+    a checkpoint of another configuration is never resumed."""
+
+    folder: Path
+    key: str
+    every_s: float = 300.0
+
+
 def fine_tune(model: Any, tokenizer: Any, examples: Sequence[Any], spec: TrainSpec, seq_len: int,
-              guard: Guard, desc: str = "fine-tune") -> dict[str, float]:
+              guard: Guard, desc: str = "fine-tune", soft: SoftTargets | None = None,
+              resume: Resume | None = None) -> dict[str, float]:
     """Train `model` in place on `examples` (which must hold no test text).
+
+    With `soft`, the loss distils the teacher's probabilities (see :class:`SoftTargets`). With
+    `resume`, a killed run continues from its last checkpoint to the same weights an uninterrupted
+    one reaches (the batch plan is a function of the seed; optimiser, schedule and dropout RNG
+    are restored).
 
     Returns:
         ``{"steps", "seconds", "loss"}`` (loss: mean of the last 50 steps).
@@ -220,29 +239,80 @@ def fine_tune(model: Any, tokenizer: Any, examples: Sequence[Any], spec: TrainSp
     steps = [b for epoch in plan for b in epoch][:max(1, round(spec.epochs * len(plan[0])))]
     model.get_input_embeddings().weight.requires_grad_(not spec.freeze_word_embeddings)
     labels = torch.from_numpy(data.labels)
+    targets = None if soft is None else torch.from_numpy(np.asarray(soft.probs, dtype=np.float32))
     step_losses: list[torch.Tensor] = []  # kept on the device: no sync per step
     started = time.time()
     model.train()
     with torch.random.fork_rng(devices=[]), on_device(model):
         optimizer, scheduler = _optimizer(model, spec, len(steps))  # its state lives where the model does
         torch.manual_seed(spec.seed)  # dropout masks
-        for idx in tqdm(steps, desc=desc, unit="step", leave=False, mininterval=2.0):
-            out = model(**to_device(collate(data, idx, tokenizer.pad_token_id)),
-                        labels=labels[idx].to(_DEVICE))
-            out.loss.backward()
+        first = _resume(resume, model, optimizer, scheduler)
+        last_save = time.time()
+        for step in tqdm(range(first, len(steps)), desc=desc, unit="step", leave=False, mininterval=2.0,
+                         initial=first, total=len(steps)):
+            idx = steps[step]
+            logits = model(**to_device(collate(data, idx, tokenizer.pad_token_id))).logits
+            loss = _loss(logits, labels[idx].to(_DEVICE), None if targets is None else targets[idx].to(_DEVICE), soft)
+            loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            step_losses.append(out.loss.detach())
-        losses = torch.stack(step_losses).cpu().tolist()
+            step_losses.append(loss.detach())
+            if resume is not None and time.time() - last_save > resume.every_s and step + 1 < len(steps):
+                _save(resume, model, optimizer, step + 1)
+                last_save = time.time()
+        losses = torch.stack(step_losses).cpu().tolist() if step_losses else [float("nan")]
         del optimizer, scheduler
     model.eval()
     model.get_input_embeddings().weight.requires_grad_(True)
+    if resume is not None:
+        shutil.rmtree(resume.folder, ignore_errors=True)  # finished: the caller saves the model
     seconds = time.time() - started
     log.info("%s: %d steps on %d examples in %.0f s, loss %.3f", desc, len(steps), len(examples), seconds,
              float(np.mean(losses[-50:])))
     return {"steps": len(steps), "seconds": round(seconds, 1), "loss": round(float(np.mean(losses[-50:])), 4)}
+
+
+def _loss(logits: torch.Tensor, gold: torch.Tensor, teacher: torch.Tensor | None,
+          soft: SoftTargets | None) -> torch.Tensor:
+    """Cross-entropy on gold labels, or the distillation loss of :class:`SoftTargets`."""
+    if teacher is None or soft is None:
+        return torch.nn.functional.cross_entropy(logits.float(), gold)
+    t = soft.temperature
+    teacher_t = torch.softmax(torch.log(teacher.clamp_min(1e-12)) / t, dim=-1)  # re-temper the probabilities
+    kd = torch.nn.functional.kl_div(torch.log_softmax(logits.float() / t, dim=-1), teacher_t,
+                                    reduction="batchmean") * t * t
+    if soft.alpha <= 0:
+        return kd
+    has_gold = gold >= 0
+    ce = (torch.nn.functional.cross_entropy(logits.float()[has_gold], gold[has_gold]) if has_gold.any()
+          else logits.sum() * 0.0)
+    return soft.alpha * ce + (1.0 - soft.alpha) * kd
+
+
+def _resume(resume: Resume | None, model: Any, optimizer: Any, scheduler: Any) -> int:
+    """The step to start from: 0, or the step of this configuration's last checkpoint (restored)."""
+    from distillation import checkpoint as C
+
+    if resume is None:
+        return 0
+    latest = C.latest_checkpoint(resume.folder, resume.key)
+    if latest is None:
+        return 0
+    step = int(C.load_checkpoint(latest, model, optimizer)["step"])
+    with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": on purpose, to fast-forward
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(step):  # the schedule is a pure function of the step
+            scheduler.step()
+    log.info("resuming fine-tuning from checkpoint step %d (%s)", step, latest)
+    return step
+
+
+def _save(resume: Resume, model: Any, optimizer: Any, step: int) -> None:
+    from distillation import checkpoint as C
+
+    C.save_checkpoint(resume.folder, step, model, optimizer, {"step": step, "key": resume.key})
 
 
 def _optimizer(model: Any, spec: TrainSpec, total_steps: int) -> tuple[Any, Any]:

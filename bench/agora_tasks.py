@@ -23,6 +23,14 @@ The full benchmark is hours of 2-core CPU time::
 Smoke check (one seed, Rotten Tomatoes capped as in the quick profile, a few minutes)::
 
     .venv/bin/python bench/agora_tasks.py --tasks rotten_tomatoes --seeds 0 --profile quick
+
+On Ray (``pip install 'bort[ray]'``), every (task, seed) is one task of ``--cpus-per-run`` CPUs
+(torch runs that many threads; the run's own Θ stays inline in it), so the 12 runs of the full
+benchmark spread over a cluster; each returns its metrics, which is all the summary reads. The
+student folder travels through Ray's object store; run folders are written on the node that ran
+them (under this checkout's ``bench/results/agora_runs/`` there)::
+
+    .venv/bin/python bench/agora_tasks.py --executor ray --ray-address auto --cpus-per-run 4
 """
 
 from __future__ import annotations
@@ -115,6 +123,37 @@ def run_one(task: str, seed: int, args: argparse.Namespace, student: Path | None
             **{k: metrics.get(k) for k in keep}}
 
 
+def run_shipped(task: str, seed: int, args: argparse.Namespace, student: Any) -> dict[str, Any]:
+    """:func:`run_one` on a Ray worker: the student unpacked on this node, torch at the run's CPUs."""
+    from bort.cluster import unpack_folder
+
+    args = argparse.Namespace(**{**vars(args), "num_threads": args.cpus_per_run,
+                                 "set": [*args.set, "finetune.executor=inline"]})
+    return run_one(task, seed, args, unpack_folder(student) if student is not None else None)
+
+
+def run_all(pairs: list[tuple[str, int]], args: argparse.Namespace, student: Path | None,
+            done: Any) -> list[dict[str, Any]]:
+    """Every (task, seed) run, in order; `done(runs)` after each. Inline one after the other, or all
+    at once as Ray tasks (``--executor ray``), collected in order."""
+    runs: list[dict[str, Any]] = []
+    if args.executor == "inline":
+        for task, seed in pairs:
+            runs.append(run_one(task, seed, args, student))
+            done(runs)
+        return runs
+    from bort.cluster import RayExecutor, connected, pack_folder
+
+    with connected(args.ray_address, "--executor") as ray:
+        executor = RayExecutor(ray, num_cpus=float(args.cpus_per_run), max_retries=1)
+        packed = pack_folder(student) if student is not None else None
+        futures = [executor.submit(run_shipped, task, seed, args, packed) for task, seed in pairs]
+        for future in futures:
+            runs.append(future.result())
+            done(runs)
+    return runs
+
+
 def _stat(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
             "n": len(values)}
@@ -203,6 +242,10 @@ def main() -> None:
                         help="skip the 'more epochs only' control (saves ~15%% of the time)")
     parser.add_argument("--tag", default="", help="write agora_tasks-TAG.{json,md}, so parallel runs keep apart")
     parser.add_argument("--merge", default="", help="comma-separated tags: combine their runs into agora_tasks.*")
+    parser.add_argument("--executor", choices=["inline", "ray"], default="inline",
+                        help="ray: each (task, seed) run is a Ray task (pip install 'bort[ray]')")
+    parser.add_argument("--ray-address", default="", help="'' starts a local Ray instance; auto or host:port joins")
+    parser.add_argument("--cpus-per-run", type=int, default=2, help="CPUs (and torch threads) per run on Ray")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from bort.artifacts import atomic_write_json, atomic_write_text
@@ -240,13 +283,13 @@ def main() -> None:
     elif args.student in STUDENTS:
         source_name, layers, folder = STUDENTS[args.student]
         student = make_student(RESULTS / folder, source_name, layers)
-    runs: list[dict[str, Any]] = []
-    for task in tasks:
-        for seed in (int(s) for s in args.seeds.split(",")):
-            runs.append(run_one(task, seed, args, student))
-            summary = summarise(runs)
-            atomic_write_json(RESULTS / f"{stem}.json", {"args": vars(args), "runs": runs, "summary": summary})
-            atomic_write_text(RESULTS / f"{stem}.md", markdown(summary, args))
+    def write(runs: list[dict[str, Any]]) -> None:
+        summary = summarise(runs)
+        atomic_write_json(RESULTS / f"{stem}.json", {"args": vars(args), "runs": runs, "summary": summary})
+        atomic_write_text(RESULTS / f"{stem}.md", markdown(summary, args))
+
+    pairs = [(task, int(seed)) for task in tasks for seed in args.seeds.split(",")]
+    runs = run_all(pairs, args, student, write)
     print(markdown(summarise(runs), args))
 
 

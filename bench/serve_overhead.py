@@ -61,7 +61,6 @@ from serve_stacks import framework_overhead  # noqa: E402  (this folder)
 from bort import config  # noqa: E402
 from bort.artifacts import atomic_write_json, atomic_write_text, cpu_info, library_versions  # noqa: E402
 from runtime import recipe  # noqa: E402
-from serve import onnx_export as X  # noqa: E402
 from serve.predictor import Predictor  # noqa: E402
 from serve.server import ServerProcess  # noqa: E402
 
@@ -111,7 +110,7 @@ def build_models(work: Path, which: list[str]) -> dict[str, Path]:
         recipe.export_fp32(source, root / "fp32")
         recipe.quantize_int8(root / "fp32", root / "int8", target, optimized_graph=False)
         for precision in ("fp32", "int8"):
-            X.write_serving(root / precision, labels=list(labels.values()), is_pair=False, precision=precision,
+            recipe.write_serving(root / precision, labels=list(labels.values()), is_pair=False, precision=precision,
                             name=f"{name}:{precision}", max_seq_len=512)
     return out
 

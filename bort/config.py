@@ -92,6 +92,7 @@ class TaskConfig(Section):
     test_fraction: Num = Field(0.1, ge=0, lt=0.5)  # ignored for a GLUE folder
     max_train_rows: Int = Field(0, ge=0)  # 0: all rows; else a seeded label-stratified sample after splitting
     max_eval_rows: Int = Field(0, ge=0)  # 0: all rows (dev and test each)
+    max_dev_rows: Int = Field(0, ge=0)  # dev alone (e.g. no larger than a small train); 0: max_eval_rows
     # What the task is judged by: Θ, the round and the deployed model are picked by it, and the deploy
     # gate measures it against the majority baseline. auto: accuracy when the classes are balanced
     # (largest class within 10 points of an even share), else the chance-corrected metric (MCC for two
@@ -123,10 +124,19 @@ class OptimizeConfig(Section):
     head_fractions: tuple[Num, ...] = (0.5, 1.0)
     hidden_fractions: tuple[Num, ...] = (0.5, 1.0)
     intermediate_fractions: tuple[Num, ...] = (0.5, 1.0)
+    # What latency the search ranks by. served: the p50 a caller of the endpoint waits for at one user,
+    # predicted as the service's fixed cost (measured once on this machine through `bort serve`) plus
+    # the model's latency at the task's median token length (optimize/served.py). model: the model
+    # alone at seq_len tokens.
+    objective: Literal["served", "model"] = "served"
     num_threads: Int = Field(2, ge=1)  # latency: ONNX Runtime intra-op threads (inter-op 1, sequential)
     batch_size: Int = Field(1, ge=1)
-    seq_len: Int = Field(128, ge=1)
-    precision: Literal["fp32", "int8"] = "fp32"  # int8: dynamic quantization before timing
+    seq_len: Int = Field(128, ge=1)  # objective=model: tokens timed; served: the cap on the median length
+    # The precision latency is timed at. auto: the one `bort export` would deploy on this CPU for the
+    # source's shape family, speed permitting (runtime/speed.py on the source's shape: int8 variants that
+    # serve >= export.min_speedup x fp32's texts/s; accuracy is export's to check). Measured once per
+    # machine and cached. fp32, int8 (dynamic) and int8_static (calibrated): that one.
+    precision: Literal["auto", "fp32", "int8", "int8_static"] = "auto"
     # The search times the graph `bort export` writes for a shape: set these as export.* is set.
     optimize_graph: Bool = False
     quantization: Literal["auto", "avx512_vnni", "avx512", "avx2", "arm64"] = "auto"
@@ -151,7 +161,16 @@ class OptimizeConfig(Section):
     weight_clip: Num = Field(4.0, ge=0)
     error_time_budget_s: Num = Field(330.0, ge=0)  # 0: no cap; else stop training candidates once spent
     prune_factor: Num = Field(0.5, ge=0)  # 0: off; see optimize/search.py for the pruning rule
-    workers: Int = Field(1, ge=1)  # error-phase workers (1: inline; latency is always timed serially)
+    workers: Int = Field(1, ge=1)  # process-pool size of the error phase (executor process, or auto with > 1)
+    # Where candidates' error estimates run: inline (this process), process (a local pool of `workers`),
+    # ray (Ray tasks of ray_cpus_per_task CPUs each; optimize/README.md, "Running the search on a
+    # cluster"). auto: inline for workers 1, process for more.
+    executor: Literal["auto", "inline", "process", "ray"] = "auto"
+    ray_address: Str = ""  # executor ray: "" starts a local Ray instance; "auto" or host:port joins a cluster
+    ray_cpus_per_task: Num = Field(1.0, gt=0)  # CPUs each error task declares (its torch threads, rounded up)
+    # executor ray: latency is measured on the node offering this custom resource (the serving hardware;
+    # one measurement at a time per node). "": on this machine, in this process.
+    latency_resource: Str = "bort_target"
     policy: Literal["compromise", "latency_budget", "speedup"] = "compromise"
     latency_budget_ms: Num = Field(0.0, ge=0)
     speedup_target: Num = Field(0.0, ge=0)
@@ -195,6 +214,7 @@ class PretrainConfig(Section):
     checkpoint_every: Int = Field(100, ge=0)
     eval_every: Int = Field(100, ge=0)
     heldout_texts: Int = Field(256, ge=1)  # held-out corpus sentences for the loss and the embedding cosine
+    device: Str = Field("auto", pattern=r"^(cpu|auto|cuda(:\d+)?)$")  # auto: a CUDA GPU when torch sees one
 
     @model_validator(mode="after")
     def _whole_shape(self) -> PretrainConfig:
@@ -268,6 +288,9 @@ class FinetuneConfig(Section):
     freeze_word_embeddings: Bool = True  # ~35% faster steps on CPU; little to learn there from a task
     num_threads: Int = Field(0, ge=0)  # torch threads while fine-tuning; 0: torch's default (one per core)
     device: Str = Field("auto", pattern=r"^(cpu|auto|cuda(:\d+)?)$")  # auto: a CUDA GPU when torch sees one
+    # The seed of the students' fine-tunes (plain, distil, Agora) when it should differ from the run's:
+    # seeds of one split, one labeller and one pretrained student (-1: the run's seed).
+    student_seed: Int = Field(-1, ge=-1)
     labeller_epochs: Num = Field(2.0, gt=0)
     labeller_lr: Num = Field(5e-5, gt=0)
     # Agora needs an "ok-ish" labeller (the paper: dev accuracy above 2/3 on balanced binary tasks).
@@ -300,7 +323,20 @@ class FinetuneConfig(Section):
     # (both on all of dev, which lets later rounds fit the examples they are scored on).
     selection_holdout: Num = Field(0.0, ge=0, lt=1)
     ablation: Bool = False  # also re-run Agora's warm-started path without the new points (more epochs only)
+    # Task-specific distillation, beside plain and Agora (TinyBERT's recipe): the student trained to the
+    # labeller's soft outputs on the training texts plus `distil_augment` G-perturbations of each.
+    distil: Bool = True
+    distil_epochs: Num = Field(4.0, gt=0)
+    distil_lr: Num = Field(2e-4, gt=0)
+    distil_temperature: Num = Field(2.0, gt=0)
+    distil_alpha: Num = Field(0.0, ge=0, le=1)  # weight of gold-label cross-entropy (training texts only)
+    distil_augment: Int = Field(1, ge=0)  # G's new texts per training text (0: the training texts alone)
+    distil_candidates: Int = Field(4, ge=1)  # G's tries per training text before the band filter
     time_budget_s: Num = Field(1500.0, gt=0)  # the Agora loop's wall clock; round 1 always runs
+    # Where a round's θ fine-tunes run: inline (one after the other) or ray (one Ray task per θ, each
+    # declaring max(1, num_threads) CPUs; the same rows as inline for the same seed and num_threads).
+    executor: Literal["inline", "ray"] = "inline"
+    ray_address: Str = ""  # executor ray: "" starts a local Ray instance; "auto" or host:port joins a cluster
 
     @model_validator(mode="after")
     def _consistent(self) -> FinetuneConfig:
@@ -316,6 +352,10 @@ class FinetuneConfig(Section):
             raise ValueError("finetune.thetas repeats a set; each hyperparameter set must be distinct")
         return self
 
+    def students_seed(self, run_seed: int) -> int:
+        """The seed plain, distil and Agora fine-tune with (:attr:`student_seed`, else the run's)."""
+        return run_seed if self.student_seed < 0 else self.student_seed
+
     def theta_values(self, theta: Theta, seed: int) -> dict[str, Any]:
         """A Θ set's full hyperparameters: what it leaves out comes from this section (seed: the run's)."""
         return {"lr": theta.lr if theta.lr is not None else self.lr,
@@ -330,12 +370,30 @@ class ExportConfig(Section):
     """ONNX export, int8 quantisation, parity and accuracy checks, latency of each variant."""
 
     quantize: Bool = True
+    # What to deploy. auto: the fastest of fp32 and the int8 variants within max_int8_drop_points on dev,
+    # measured side by side on this CPU at the task's typical request (serve/precision.py): int8 must serve
+    # >= min_speedup x fp32's texts/s under load and be at most batch1_tolerance x fp32's p50 at one user.
+    # fp32, int8 (dynamic), int8_static: that one (int8 only within max_int8_drop_points).
+    precision: Literal["auto", "fp32", "int8", "int8_static"] = "auto"
+    static_int8: Bool = True  # also build calibrated static int8 (QDQ): its answers do not depend on the batch
+    calibration_texts: Int = Field(128, ge=1)  # training-split texts that fix static int8's activation ranges (MinMax)
+    min_speedup: Num = Field(1.05, ge=1)  # int8's texts/s under load over fp32's
+    batch1_tolerance: Num = Field(1.05, ge=1)  # int8's p50 at one user may be at most this x fp32's
+    speed_batch: Int = Field(8, ge=1)  # dev texts per burst of the model-only comparison (a batch the server forms)
+    speed_rounds: Int = Field(30, ge=1)  # interleaved rounds of the model-only comparison
+    # Under load, judge by served requests/s through the service (serve.* settings) at speed_users clients
+    # (served), or by the model's texts/s alone (model). A small model's speed is the service's: see
+    # serve/served_speed.py.
+    speed_under_load: Literal["served", "model"] = "served"
+    speed_users: Int = Field(8, ge=1)
+    speed_seconds: Num = Field(3.0, gt=0)  # measured per variant and round, after 1 s of warm-up
+    speed_served_rounds: Int = Field(3, ge=1)
     quantization: Literal["auto", "avx512_vnni", "avx512", "avx2", "arm64"] = "auto"  # auto: from the CPU's flags
     optimize_graph: Bool = False  # ORTOptimizer O2 before quantising (no gain measured here)
     parity_atol: Num = Field(1e-4, gt=0)  # max |ONNX fp32 - PyTorch| logit difference on dev texts
     parity_texts: Int = Field(64, ge=1)  # dev texts used for the parity check
     max_int8_drop_points: Num = Field(0.5, ge=0)  # int8 dev accuracy may trail fp32 by this many points
-    eval_batch_size: Int = Field(1, ge=1)  # 1 = as single-text requests are served (int8 answers vary with batching)
+    eval_batch_size: Int = Field(1, ge=1)  # 1 = as single-text requests are served (dynamic int8 answers vary with batching)
     num_threads: Int = Field(2, ge=1)
     seq_len: Int = Field(128, ge=1)  # latency measurement: batch 1, this many tokens
     warmup_runs: Int = Field(5, ge=0)
@@ -451,6 +509,15 @@ class LoadtestConfig(Section):
     slo_p95_ms: Num = Field(0.0, ge=0)  # optimised p95 budget at every user count; 0: off
     slo_min_speedup: Num = Field(0.0, ge=0)  # rps ratio at most users and p50 ratio at fewest users; 0: off
     slo_max_failure_ratio: Num = Field(0.0, ge=0)  # per model and user count; 0: off
+    # Load generators: 0 is one Locust process; N is a Locust master here and N workers, as local
+    # processes (executor local) or as Ray actors (executor ray; on nodes offering ray_resource when set).
+    workers: Int = Field(0, ge=0)
+    executor: Literal["local", "ray"] = "local"
+    ray_address: Str = ""  # executor ray: "" starts a local Ray instance; "auto" or host:port joins a cluster
+    ray_resource: Str = ""  # executor ray: a custom resource the workers' nodes offer (e.g. bort_loadgen)
+    # Where the services listen and the load is sent. Workers on other machines need this machine's
+    # address; the services then refuse to start without serve's API key ($BORT_API_KEY), which Locust sends.
+    host: Str = Field("127.0.0.1", min_length=1)
 
     @model_validator(mode="after")
     def _users_and_rate(self) -> LoadtestConfig:
@@ -458,7 +525,31 @@ class LoadtestConfig(Section):
             raise ValueError(f"loadtest.users must be counts >= 1, got {list(self.users)}")
         if self.mode == "open" and self.target_rps <= 0:
             raise ValueError("loadtest.mode=open needs loadtest.target_rps > 0 (total requests/s)")
+        if self.executor == "ray" and self.workers < 1:
+            raise ValueError("loadtest.executor=ray needs loadtest.workers >= 1 (the Locust workers it starts)")
         return self
+
+
+# Where a stage's work runs, not what it makes (the same rows inline, in a process pool or on Ray):
+# left out of fingerprints, so a run started on one executor continues on another without redoing work.
+EXECUTION_ONLY: dict[str, tuple[str, ...]] = {"optimize": ("workers", "executor", "ray_address"),
+                                              "finetune": ("executor", "ray_address")}
+
+
+class BudgetConfig(Section):
+    """Wall-clock budgets of ``bort run`` on a 2-core CPU (README, "Budgets"): a stage that runs over its
+    budget says so in the log and the run report. They decide nothing else (no stage's fingerprint)."""
+
+    optimize_s: Num = Field(600.0, gt=0)
+    pretrain_s: Num = Field(600.0, gt=0)
+    finetune_s: Num = Field(1500.0, gt=0)
+    export_s: Num = Field(300.0, gt=0)
+    loadtest_s: Num = Field(300.0, gt=0)
+    total_s: Num = Field(4500.0, gt=0)  # the whole `bort run`, environment setup excluded
+
+    def of(self, stage: str) -> float | None:
+        """The budget of `stage` (None for a stage without one)."""
+        return getattr(self, f"{stage}_s", None)
 
 
 class RunConfig(Section):
@@ -474,15 +565,18 @@ class RunConfig(Section):
     export: ExportConfig = ExportConfig()
     serve: ServeConfig = ServeConfig()
     loadtest: LoadtestConfig = LoadtestConfig()
+    budgets: BudgetConfig = BudgetConfig()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (tuples become lists, Θ sets their text)."""
         return self.model_dump(mode="json")
 
     def section_fingerprint(self, *sections: str) -> str:
-        """sha256 (first 16 hex) of the seed and the named sections: what a stage's output depends on."""
+        """sha256 (first 16 hex) of the seed and the named sections: what a stage's output depends on
+        (settings of :data:`EXECUTION_ONLY` left out)."""
         data = self.to_dict()
-        picked = {"seed": data["seed"], **{name: data[name] for name in sections}}
+        picked = {"seed": data["seed"], **{name: {k: v for k, v in data[name].items()
+                                                  if k not in EXECUTION_ONLY.get(name, ())} for name in sections}}
         blob = json.dumps(picked, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -45,7 +45,7 @@ def load_task(cfg: RunConfig) -> TaskData:
     """Read ``cfg.task``'s source, map labels, split it with ``cfg.seed`` and apply the row caps.
 
     A GLUE folder's dev file becomes the test split; bort's dev split is carved out of its train
-    file (``task.dev_fraction`` of it). Caps (``max_train_rows``, ``max_eval_rows``) apply after
+    file (``task.dev_fraction`` of it). Caps (``max_train_rows``, ``max_eval_rows``, ``max_dev_rows``) apply after
     splitting, as seeded label-stratified samples.
 
     Raises:
@@ -65,7 +65,8 @@ def load_task(cfg: RunConfig) -> TaskData:
         out[split].append(Example(row.text.strip(), ids[name], pair, row.group))
     _check_split_sizes(out, cfg)
     rng = np.random.default_rng(cfg.seed)
-    caps = {"train": cfg.task.max_train_rows, "dev": cfg.task.max_eval_rows, "test": cfg.task.max_eval_rows}
+    caps = {"train": cfg.task.max_train_rows, "dev": cfg.task.max_dev_rows or cfg.task.max_eval_rows,
+            "test": cfg.task.max_eval_rows}
     for name in SPLITS:
         capped = splits.cap(out[name], caps[name], rng)
         out[name] = [capped[i] for i in rng.permutation(len(capped))]  # no file order left in a split

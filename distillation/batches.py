@@ -69,6 +69,7 @@ class TextBatches:
             raise ValueError("no texts to distil on")
         self.seqs, self.batch_size, self.pad_id = seqs, min(batch_size, len(seqs)), pad_id
         self.teacher, self.seed, self.masker = teacher, seed, masker
+        self.device = next(teacher.parameters()).device  # batches are made where the teacher runs
         self.per_epoch = len(seqs) // self.batch_size
 
     def batch_for(self, step: int) -> Batch:
@@ -76,7 +77,9 @@ class TextBatches:
         order = epoch_order(self.seed, epoch, len(self.seqs))[pos * self.batch_size:(pos + 1) * self.batch_size]
         batch = pad([self.seqs[i] for i in order], self.pad_id)
         if self.masker is not None:
-            batch = self.masker(batch, step)
+            batch = self.masker(batch, step)  # on the CPU: its generator is seeded per step there
+        if self.device.type != "cpu":
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         return {**batch, **distill.teacher_targets(self.teacher, batch)}
 
 

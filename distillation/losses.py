@@ -196,11 +196,12 @@ def embedding_cosine(model: Distiller, teacher: Any, tokenizer: Any, texts: list
         for start in range(0, len(texts), batch_size):
             enc = tokenizer(texts[start:start + batch_size], padding=True, truncation=True, max_length=seq_len,
                             return_tensors="pt")
-            inputs = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+            device = next(model.parameters()).device
+            inputs = {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
             t = mean_pool(teacher.base_model(**inputs).last_hidden_state, inputs["attention_mask"])
             s_hidden = model.project(model.student.base_model(**inputs).last_hidden_state)
             s = mean_pool(s_hidden, inputs["attention_mask"])
-            sims.append((t * s).sum(-1))
+            sims.append((t * s).sum(-1).cpu())
     finally:
         model.train(was_training)
     return float(torch.cat(sims).mean())

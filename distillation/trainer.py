@@ -95,6 +95,14 @@ def make_optimizer(model: torch.nn.Module, spec: TrainSpec) -> torch.optim.AdamW
     return torch.optim.AdamW(groups, lr=spec.lr, fused=True)
 
 
+def on_model_device(batch: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """`batch` on the device the model's weights are on (``pretrain.device``); no copy on the CPU."""
+    device = next(model.parameters()).device
+    if device.type == "cpu":
+        return batch
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -> float:
     """Mean loss over `batches` in eval mode (no dropout); the model's mode is restored."""
@@ -103,7 +111,7 @@ def evaluate(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -> 
     was_training = model.training
     model.eval()
     try:
-        return float(sum(float(model(b)["loss"]) for b in batches) / len(batches))
+        return float(sum(float(model(on_model_device(b, model))["loss"]) for b in batches) / len(batches))
     finally:
         model.train(was_training)
 
@@ -202,6 +210,7 @@ def _step(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: dict[str, t
     lr = lr_at(p, spec.warmup_ratio, spec.lr, spec.max_steps)
     for group in opt.param_groups:
         group["lr"] = lr
+    batch = on_model_device(batch, model)
     loss = model(batch)["loss"]
     opt.zero_grad(set_to_none=True)
     loss.backward()

@@ -55,9 +55,15 @@ class LocustResult:
     command: list[str] = field(default_factory=list)
 
 
+def api_key() -> str:
+    """The API key Locust sends (``X-API-Key``): ``$BORT_LOADTEST_API_KEY``, else the services' own
+    ``$BORT_API_KEY`` (serve's default ``serve.api_key_env``); "" when neither is set."""
+    return os.environ.get("BORT_LOADTEST_API_KEY") or os.environ.get("BORT_API_KEY") or ""
+
+
 def locust_env(profile: Profile, texts_file: Path, samples_prefix: Path) -> dict[str, str]:
     """The environment variables the locustfile reads (see its docstring)."""
-    return {
+    return {"BORT_LOADTEST_API_KEY": api_key(),
         "BORT_LOADTEST_TEXTS": str(texts_file), "BORT_LOADTEST_SAMPLES": str(samples_prefix),
         "BORT_LOADTEST_WARMUP_S": str(profile.warmup_s), "BORT_LOADTEST_MODE": profile.mode,
         "BORT_LOADTEST_TARGET_RPS": str(profile.target_rps), "BORT_LOADTEST_USERS": str(profile.users),
@@ -67,19 +73,22 @@ def locust_env(profile: Profile, texts_file: Path, samples_prefix: Path) -> dict
 
 
 def locust_command(port: int, profile: Profile, prefix: Path, *, role: str = "local",
-                   master_port: int = 5557, expect_workers: int = 1) -> list[str]:
+                   master_port: int = 5557, expect_workers: int = 1, master_host: str = HOST,
+                   host: str = HOST) -> list[str]:
     """The Locust command line. `role` is ``local``, ``master`` or ``worker`` (distributed mode).
 
-    The target host is always ``http://127.0.0.1:<port>``; master and worker talk on 127.0.0.1 too.
+    The target is ``http://<host>:<port>`` (127.0.0.1 unless ``loadtest.host`` says otherwise);
+    master and workers talk on `master_host` (127.0.0.1 unless Ray workers on other nodes must
+    reach the master: the driver's address).
     """
     base = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--loglevel", "WARNING"]
     if role == "worker":
-        return base + ["--worker", "--master-host", HOST, "--master-port", str(master_port)]
-    cmd = base + ["-H", f"http://{HOST}:{port}", "-u", str(profile.users), "-r", str(profile.users),
+        return base + ["--worker", "--master-host", master_host, "--master-port", str(master_port)]
+    cmd = base + ["-H", f"http://{host}:{port}", "-u", str(profile.users), "-r", str(profile.users),
                   "--run-time", f"{profile.run_time_s}s", "--stop-timeout", "5", "--csv", str(prefix),
                   "--exit-code-on-error", "1", "--only-summary"]
     if role == "master":
-        cmd += ["--master", "--master-bind-host", HOST, "--master-bind-port", str(master_port),
+        cmd += ["--master", "--master-bind-host", master_host, "--master-bind-port", str(master_port),
                 "--expect-workers", str(expect_workers), "--expect-workers-max-wait", "30"]
     elif role != "local":
         raise ValueError(f"role must be local, master or worker, got {role!r}")
@@ -107,7 +116,7 @@ def clear_outputs(prefix: Path) -> list[Path]:
 
 
 def run_locust(port: int, profile: Profile, texts_file: Path, prefix: Path,
-               cpus: set[int] | None = None) -> LocustResult:
+               cpus: set[int] | None = None, host: str = HOST) -> LocustResult:
     """One bounded, headless Locust run; its CSVs and samples land next to `prefix`.
 
     Exit code 1 means some requests failed (``--exit-code-on-error 1``); the figures still count
@@ -118,7 +127,7 @@ def run_locust(port: int, profile: Profile, texts_file: Path, prefix: Path,
     """
     prefix.parent.mkdir(parents=True, exist_ok=True)
     clear_outputs(prefix)
-    cmd = locust_command(port, profile, prefix)
+    cmd = locust_command(port, profile, prefix, host=host)
     env = {**os.environ, **locust_env(profile, texts_file, prefix)}
     log_path = Path(f"{prefix}_locust.log")
     cpu0, t0 = _children_cpu_s(), time.monotonic()
@@ -140,7 +149,7 @@ def run_locust(port: int, profile: Profile, texts_file: Path, prefix: Path,
 
 
 def run_distributed(port: int, profile: Profile, texts_file: Path, prefix: Path, workers: int = 1,
-                    master_port: int = 5557) -> LocustResult:
+                    master_port: int = 5557, host: str = HOST) -> LocustResult:
     """Locust's master/worker mode on this machine: one master, `workers` workers, all on 127.0.0.1.
 
     For loads one generator cannot produce, run the workers on other machines instead (see the
@@ -154,7 +163,7 @@ def run_distributed(port: int, profile: Profile, texts_file: Path, prefix: Path,
     clear_outputs(prefix)
     env = {**os.environ, **locust_env(profile, texts_file, prefix)}
     master_cmd = locust_command(port, profile, prefix, role="master", master_port=master_port,
-                                expect_workers=workers)
+                                expect_workers=workers, host=host)
     worker_cmd = locust_command(port, profile, prefix, role="worker", master_port=master_port)
     procs: list[subprocess.Popen] = []
     t0 = time.monotonic()

@@ -12,6 +12,7 @@ Environment (``bort loadtest`` sets them; set them yourself to run Locust by han
   ``"pairs": [[a, b], ...]`` instead of ``"texts"``); or
   ``BORT_LOADTEST_RUN_DIR``: a bort run folder whose test split (``bort data --prepare``) is used.
 - ``BORT_LOADTEST_TEXTS_PER_REQUEST`` (1), ``BORT_LOADTEST_SEED`` (0), ``BORT_LOADTEST_WARMUP_S`` (0).
+- ``BORT_LOADTEST_API_KEY``: sent as ``X-API-Key`` when set (a service that requires a key).
 - ``BORT_LOADTEST_MODE``: ``closed`` (default: each user sends its next request when the last one
   returns, after ``BORT_LOADTEST_THINK_S``) or ``open``: constant throughput, a total of
   ``BORT_LOADTEST_TARGET_RPS`` spread over ``BORT_LOADTEST_USERS`` users with Locust's
@@ -55,6 +56,7 @@ WARMUP_S = float(os.environ.get("BORT_LOADTEST_WARMUP_S", "0"))
 TEXTS_PER_REQUEST = int(os.environ.get("BORT_LOADTEST_TEXTS_PER_REQUEST", "1"))
 SEED = int(os.environ.get("BORT_LOADTEST_SEED", "0"))
 SAMPLES_PREFIX = os.environ.get("BORT_LOADTEST_SAMPLES", "")
+API_KEY = os.environ.get("BORT_LOADTEST_API_KEY", "")
 
 if MODE not in ("closed", "open"):
     raise ValueError(f"BORT_LOADTEST_MODE must be closed or open, got {MODE!r}")
@@ -127,6 +129,8 @@ class ClassifyUser(HttpUser):
         # Each user its own seeded stream, so runs are repeatable and users do not move in lockstep.
         ClassifyUser._count += 1
         self.rng = random.Random(SEED * 100_003 + ClassifyUser._count + os.getpid())
+        if API_KEY:  # a service listening beyond loopback requires one
+            self.client.headers["X-API-Key"] = API_KEY
 
     def context(self) -> dict:
         # The user count at the time of each request, so step runs can be split by level.

@@ -85,8 +85,11 @@ def tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
             lv = model["levels"].get(str(users))
             if lv is None:
                 continue
+            batches = lv.get("batches") or {}
             figures.append([model["label"], str(users), _fmt(lv["rps"]), _fmt(lv["p50_ms"], 2),
                             _fmt(lv["p95_ms"], 2), _fmt(lv["p99_ms"], 2), f"{lv['failures']} / {lv['requests']}",
+                            _fmt(batches.get("mean_texts"), 2), _fmt(lv.get("ceiling_rps")),
+                            _fmt(lv.get("served_fraction"), 3),
                             _fmt(lv["locust"]["rps"]), _fmt(lv["locust"]["p50_ms"], 0), _fmt(lv.get("server_cpu_share"), 2),
                             _fmt(lv.get("locust_cpu_share"), 2)])
     ratio_rows = [[str(u), _fmt(r["rps_ratio"], 2), _fmt(r["p50_ratio"], 2)] for u, r in results["ratios"].items()]
@@ -94,6 +97,7 @@ def tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
     return [
         ("Served figures (after warm-up)",
          ["model", "users", "requests/s", "p50 ms", "p95 ms", "p99 ms", "failed / requests",
+          "texts per model call", "raw ceiling requests/s", "served / ceiling",
           "Locust requests/s", "Locust p50 ms", "server CPU share", "Locust CPU share"], figures),
         ("Optimised against baseline", ["users", "requests/s ratio (opt/base)", "p50 ratio (base/opt)"],
          ratio_rows),
@@ -134,10 +138,27 @@ def _conditions(results: dict[str, Any]) -> list[str]:
              f"CPU {c['cpu']}.",
              "- Percentiles and requests/s from exact per-request times; Locust's own figures (its CSV: "
              "response times rounded to whole ms, written once a second) are shown beside.",
-             "- CPU share: CPU seconds used per wall second (2.0 = two cores busy); Locust shares the machine."]
+             "- CPU share: CPU seconds used per wall second (2.0 = two cores busy); Locust shares the machine.",
+             "- Texts per model call: the batches the server formed in the measured window (its call log). Raw "
+             "ceiling: the model's own throughput at those batches, onnxruntime alone on the same texts with the same "
+             "threads (measured after the service stopped); served / ceiling is what the service delivers of it."]
     if any(m.get("speed_only") for m in results["models"].values()):
         lines.append("- **speed only**: a model with random weights at the stated shape; its accuracy means "
                      "nothing and is not reported.")
+    if c.get("load_generators"):
+        lines.append(f"- Load generators: {c['load_generators']}.")
+    lines += _worker_shares(results)
+    return lines
+
+
+def _worker_shares(results: dict[str, Any]) -> list[str]:
+    """Each Locust worker's requests, per model and user count (a run with a master and workers)."""
+    lines = []
+    for model in results["models"].values():
+        for users, level in model["levels"].items():
+            if level.get("workers"):
+                shares = ", ".join(f"{w['worker']} {w['requests']} ({100 * w['share']:.0f}%)" for w in level["workers"])
+                lines.append(f"- {model['label']}, {users} users: requests per worker: {shares}.")
     return lines
 
 

@@ -71,6 +71,19 @@ def read_samples(prefix: Path) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0, 4))
 
 
+def worker_shares(prefix: Path) -> list[dict[str, Any]]:
+    """Each load generator's measured requests and share of the run: one per samples file
+    (``<prefix>.<worker>.csv``: a Locust process's, named by its pid, or ``w<i>-<pid>`` for the
+    i-th Ray worker)."""
+    counts = {}
+    for path in sorted(Path(prefix).parent.glob(f"{Path(prefix).name}.*.csv")):
+        data = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
+        counts[path.name[len(Path(prefix).name) + 1:-len(".csv")]] = int(data.shape[0]) if data.size else 0
+    total = sum(counts.values())
+    return [{"worker": name, "requests": n, "share": round(n / total, 4) if total else 0.0}
+            for name, n in counts.items()]
+
+
 def percentiles(latencies_ms: np.ndarray) -> dict[str, float | None]:
     """p50/p95/p99/mean of exact latencies (None when there are none)."""
     if latencies_ms.size == 0:

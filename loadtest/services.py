@@ -26,11 +26,11 @@ PORT_HINT = "stop it or choose another with --set loadtest.port=N"
 
 def write_config(cfg: RunConfig, path: Path) -> Path:
     """The run's whole resolved config as YAML, for the ``bort serve`` subprocesses (serve host
-    forced to 127.0.0.1: load-test traffic never leaves the machine)."""
+    forced to ``loadtest.host``, 127.0.0.1 unless load generators on other machines must reach them)."""
     import yaml
 
     data = cfg.to_dict()
-    data["serve"]["host"] = HOST
+    data["serve"]["host"] = cfg.loadtest.host
     atomic_write_text(path, yaml.safe_dump(data, sort_keys=True))
     return path
 
@@ -41,28 +41,30 @@ def _env() -> dict[str, str]:
 
 
 def bort_serve_command(port: int, config_file: Path, run_dir: Path | None = None, role: str = "optimized",
-                       model_dir: Path | None = None) -> tuple[str, ...]:
-    """``bort serve`` on 127.0.0.1:`port` with the run's config: for `model_dir` when given
+                       model_dir: Path | None = None, host: str = HOST) -> tuple[str, ...]:
+    """``bort serve`` on `host`:`port` with the run's config: for `model_dir` when given
     (``--model-dir``), else for `role` of `run_dir`'s export (``--run-dir R --model role``)."""
     command = [sys.executable, "-m", "pipeline.cli", "serve", "--port", str(port), "--config", str(config_file),
-               "--set", f"serve.host={HOST}"]
+               "--set", f"serve.host={host}"]
     if model_dir is not None:
         return (*command, "--model-dir", str(Path(model_dir).resolve()))
     return (*command, "--run-dir", str(Path(run_dir).resolve()), "--model", role)
 
 
 def bort_serve_spec(name: str, port: int, config_file: Path, start_timeout_s: float, run_dir: Path | None = None,
-                    role: str = "optimized", model_dir: Path | None = None) -> ServiceSpec:
+                    role: str = "optimized", model_dir: Path | None = None, host: str = HOST) -> ServiceSpec:
     """A ``bort serve`` service (see :func:`bort_serve_command`)."""
-    return ServiceSpec(name=name, command=bort_serve_command(port, config_file, run_dir, role, model_dir),
-                       port=port, env=_env(), start_timeout_s=start_timeout_s, cwd=str(ROOT), port_hint=PORT_HINT)
+    return ServiceSpec(name=name, command=bort_serve_command(port, config_file, run_dir, role, model_dir, host),
+                       port=port, env=_env(), start_timeout_s=start_timeout_s, cwd=str(ROOT), port_hint=PORT_HINT,
+                       host=host)
 
 
-def folder_spec(name: str, folder: Path, port: int, config_file: Path, start_timeout_s: float) -> ServiceSpec:
+def folder_spec(name: str, folder: Path, port: int, config_file: Path, start_timeout_s: float,
+                host: str = HOST) -> ServiceSpec:
     """``bort serve --model-dir`` for an exported folder that is not a run's deployed one."""
     if not (folder / "serving.json").is_file():
         raise ArtifactError(f"{folder} is not an exported model folder; rerun `bort export`")
-    return bort_serve_spec(name, port, config_file, start_timeout_s, model_dir=folder)
+    return bort_serve_spec(name, port, config_file, start_timeout_s, model_dir=folder, host=host)
 
 
 def torch_spec(folder: Path, cfg: RunConfig, port: int, start_timeout_s: float, labels: list[str] | None = None) -> ServiceSpec:
@@ -70,12 +72,12 @@ def torch_spec(folder: Path, cfg: RunConfig, port: int, start_timeout_s: float, 
     if not (folder / "config.json").is_file():
         raise ArtifactError(f"{folder} (the labeller) is missing; rerun `bort finetune`")
     command = (sys.executable, "-m", "bentoml", "serve", "loadtest.torch_service:TorchClassifier",
-               "--host", HOST, "--port", str(port), "--working-dir", str(ROOT))
+               "--host", cfg.loadtest.host, "--port", str(port), "--working-dir", str(ROOT))
     env = {**_env(), "BORT_TORCH_MODEL_DIR": str(folder.resolve()),
            "BORT_TORCH_THREADS": str(cfg.serve.num_threads),
            "BORT_TORCH_MAX_SEQ_LEN": str(cfg.serve.max_seq_len), "BORT_TORCH_LABELS": json.dumps(labels or [])}
     return ServiceSpec(name="baseline", command=command, port=port, env=env, start_timeout_s=start_timeout_s,
-                       cwd=str(ROOT), port_hint=PORT_HINT)
+                       cwd=str(ROOT), port_hint=PORT_HINT, host=cfg.loadtest.host)
 
 
 def shape_plan(shape: str, precision: str, labels: list[str], cfg: RunConfig, port: int, config_file: Path,
@@ -84,7 +86,7 @@ def shape_plan(shape: str, precision: str, labels: list[str], cfg: RunConfig, po
 
     Args:
         shape: ``L/A/H/I``, e.g. ``24/16/1024/4096``.
-        precision: ``fp32`` or ``int8``.
+        precision: ``fp32``, ``int8`` (dynamic) or ``int8_static``.
         labels: class names for its (random) head, so its answers pass the load test's checks.
     """
     from bort import assets
@@ -93,9 +95,15 @@ def shape_plan(shape: str, precision: str, labels: list[str], cfg: RunConfig, po
     arch = F.Arch.parse(shape)
     folder = shapes.shape_folder(arch, list(labels), precision, assets.model_dir("minilm"),
                                  max_seq_len=cfg.serve.max_seq_len)
-    spec = folder_spec(role, folder, port, config_file, start_timeout_s)
+    spec = folder_spec(role, folder, port, config_file, start_timeout_s, host=cfg.loadtest.host)
     return ModelPlan(role=role, label=shapes.shape_label(arch, precision), spec=spec, speed_only=True,
-                     accuracy=None, accuracy_note="speed only: random weights, accuracy meaningless")
+                     accuracy=None, accuracy_note="speed only: random weights, accuracy meaningless", folder=folder)
+
+
+def deployed_folder(export: Manifest, role: str) -> Path:
+    """The folder ``bort export`` deployed for `role` (its ``deployed.json``)."""
+    deployed = json.loads((export.dir / "deployed.json").read_text(encoding="utf-8"))
+    return export.dir / deployed[role]["folder"]
 
 
 def accuracies(finetune: Manifest, export: Manifest) -> dict[str, Any]:

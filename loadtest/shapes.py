@@ -20,7 +20,6 @@ import shutil
 from pathlib import Path
 
 from bort import families as F
-from bort.artifacts import atomic_write_json
 from bort.assets import cache_dir
 from runtime import recipe
 
@@ -34,13 +33,6 @@ def shape_label(arch: F.Arch, precision: str) -> str:
     return f"shape {arch.label()} ONNX {precision} ({SPEED_ONLY})"
 
 
-def _write_serving(folder: Path, arch: F.Arch, labels: list[str], precision: str, max_seq_len: int) -> None:
-    atomic_write_json(folder / "serving.json", {
-        "name": f"shape:{arch.label()}:{precision} ({SPEED_ONLY})", "labels": labels, "is_pair": False,
-        "precision": precision, "max_seq_len": max_seq_len, "pad_token": "[PAD]", "speed_only": True,
-    })
-
-
 def shape_folder(arch: F.Arch, labels: list[str], precision: str, tokenizer_dir: Path,
                  root: Path | None = None, seed: int = 0, max_seq_len: int = 512) -> Path:
     """The exported folder for (shape, labels, precision), built once and cached.
@@ -48,12 +40,12 @@ def shape_folder(arch: F.Arch, labels: list[str], precision: str, tokenizer_dir:
     Args:
         arch: the encoder shape.
         labels: class names (the head's size; answers are random).
-        precision: ``fp32`` or ``int8``.
+        precision: ``fp32``, ``int8`` (dynamic) or ``int8_static`` (calibrated on random token ids:
+            speed only, like the weights).
         tokenizer_dir: a folder whose tokenizer the model uses (MiniLM's: the BERT WordPiece vocabulary).
         root: cache root (default ``$BORT_CACHE/shapes``).
     """
-    if precision not in ("fp32", "int8"):
-        raise ValueError(f"precision must be fp32 or int8, got {precision!r}")
+    recipe.check_precision(precision)
     target, _ = recipe.quantization_target()
     key = hashlib.sha256(json.dumps([arch.label(), labels, seed, max_seq_len, target, recipe.RECIPE_VERSION]).encode())
     base = (root or cache_dir() / "shapes") / f"{arch.label().replace('/', '-')}-{key.hexdigest()[:10]}"
@@ -61,7 +53,7 @@ def shape_folder(arch: F.Arch, labels: list[str], precision: str, tokenizer_dir:
     if (final / "serving.json").is_file():
         return final
     fp32 = base / "fp32"
-    if precision == "int8":
+    if precision != "fp32":
         shape_folder(arch, labels, "fp32", tokenizer_dir, root, seed, max_seq_len)
     tmp = base / f".tmp-{precision}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -71,9 +63,15 @@ def shape_folder(arch: F.Arch, labels: list[str], precision: str, tokenizer_dir:
                                              tokenizer_dir=tokenizer_dir, seed=seed)
         recipe.export_fp32(torch_dir, tmp)
         shutil.rmtree(torch_dir, ignore_errors=True)
-    else:
+    elif precision == "int8":
         recipe.quantize_int8(fp32, tmp, target, optimized_graph=False)
-    _write_serving(tmp, arch, labels, precision, max_seq_len)
+    else:
+        calibration = recipe.random_calibration(recipe.vocab_size(fp32), min(128, max_seq_len), seed=seed,
+                                                input_names=recipe.graph_inputs(fp32))
+        recipe.quantize_static_int8(fp32, tmp, target, False, calibration)
+    recipe.write_serving(tmp, labels=labels, is_pair=False, precision=precision, max_seq_len=max_seq_len,
+                         name=f"shape:{arch.label()}:{precision} ({SPEED_ONLY})", speed_only=True,
+                         quantization=recipe.QUANTIZATION[precision])
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)  # a half-built folder never looks finished
     return final

@@ -41,8 +41,9 @@ from bort.config import RunConfig
 from bort.errors import ConfigError
 from bort.processes import parse_cpus
 from loadtest import render, report
+from loadtest.fleet import fleet_session
 from loadtest.locust_run import Profile
-from loadtest.measure import ModelPlan, assemble, measure_all
+from loadtest.measure import CeilingSettings, ModelPlan, assemble, measure_all
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,9 @@ def run(cfg: RunConfig, run_dir: Path, args: Any = None) -> Manifest | int:
     plans = plan_services(cfg, run_dir, out, upstream)
     profiles = make_profiles(cfg)
     server_cpus, locust_cpus = parse_cpus(cfg.loadtest.server_cpus), parse_cpus(cfg.loadtest.locust_cpus)
-    models = measure_all(plans, profiles, texts_file, out / "raw", server_cpus, locust_cpus)
+    with fleet_session(cfg.loadtest) as fleet:  # loadtest.workers: a Locust master here and its workers
+        models = measure_all(plans, profiles, texts_file, out / "raw", server_cpus, locust_cpus,
+                             CeilingSettings(cfg.serve.num_threads, cfg.serve.max_seq_len), fleet)
     from loadtest.services import judging
 
     results = assemble(models, profiles, conditions(cfg, texts_file), slo_of(cfg),
@@ -127,6 +130,8 @@ def conditions(cfg: RunConfig, texts_file: Path) -> dict[str, Any]:
     return {"server": "BentoML via `bort serve` (PyTorch baseline: BentoML, same worker count)",
             "num_threads": cfg.serve.num_threads, "server_cpus": cfg.loadtest.server_cpus or "all",
             "locust_cpus": cfg.loadtest.locust_cpus or "all",
+            "load_generators": (f"{cfg.loadtest.workers} Locust workers ({cfg.loadtest.executor}) and a master"
+                                if cfg.loadtest.workers else "one Locust process"),
             "texts": len(pool.get("texts") or pool.get("pairs") or []), "baseline": cfg.loadtest.baseline}
 
 
@@ -142,14 +147,17 @@ def plan_services(cfg: RunConfig, run_dir: Path, out: Path, upstream: dict[str, 
     port, timeout = cfg.loadtest.port, cfg.loadtest.start_timeout_s
     optimized = ModelPlan(
         role="optimized", label=f"optimised ({acc['optimized_name']}, ONNX {acc['optimized_precision']})",
-        spec=S.bort_serve_spec("optimized", port, config_file, timeout, run_dir=run_dir, role="optimized"),
-        accuracy=acc["optimized"], accuracy_note=acc["optimized_note"], scores=acc["optimized_scores"])
+        spec=S.bort_serve_spec("optimized", port, config_file, timeout, run_dir=run_dir, role="optimized",
+                               host=cfg.loadtest.host),
+        accuracy=acc["optimized"], accuracy_note=acc["optimized_note"], scores=acc["optimized_scores"],
+        folder=S.deployed_folder(upstream["export"], "optimized"))
     baseline = cfg.loadtest.baseline
     if baseline == "source_onnx":
         folder = upstream["export"].dir / "baseline" / "fp32"
         plan = ModelPlan(role="baseline", label="source (labeller, ONNX fp32)",
-                         spec=S.folder_spec("baseline", folder, port, config_file, timeout),
-                         accuracy=acc["labeller"], accuracy_note=acc["labeller_note"], scores=acc["labeller_scores"])
+                         spec=S.folder_spec("baseline", folder, port, config_file, timeout, host=cfg.loadtest.host),
+                         accuracy=acc["labeller"], accuracy_note=acc["labeller_note"], scores=acc["labeller_scores"],
+                         folder=folder)
     elif baseline == "source_torch":
         if task.is_pair:
             raise ConfigError("loadtest.baseline=source_torch serves single-text tasks only; "

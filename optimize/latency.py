@@ -43,7 +43,7 @@ class LatencySettings:
 
     batch_size: int = 1
     seq_len: int = 128
-    precision: str = "fp32"  # fp32 | int8 (dynamic quantization before timing)
+    precision: str = "fp32"  # fp32 | int8 (dynamic) | int8_static (calibrated); resolved, never "auto"
     num_threads: int = 2
     warmup_runs: int = 5
     timed_runs: int = 30
@@ -51,10 +51,15 @@ class LatencySettings:
     quantization: str = "auto"  # int8 preset: auto (this CPU's) | avx512_vnni | avx512 | avx2 | arm64
 
     @classmethod
-    def from_config(cls, opt: Any) -> LatencySettings:
+    def from_config(cls, opt: Any, precision: str | None = None) -> LatencySettings:
+        """The ``optimize`` section's settings; `precision` resolves ``optimize.precision=auto``
+        (:func:`optimize.precision.search_precision`)."""
         # optimize.optimize_graph / optimize.quantization mirror export.*: the search must time the
         # graph `bort export` will write, without reading a downstream stage's settings.
-        return cls(opt.batch_size, opt.seq_len, opt.precision, opt.num_threads, opt.warmup_runs, opt.timed_runs,
+        precision = precision or opt.precision
+        if precision == "auto":
+            raise ValueError("optimize.precision=auto must be resolved first (optimize.precision.search_precision)")
+        return cls(opt.batch_size, opt.seq_len, precision, opt.num_threads, opt.warmup_runs, opt.timed_runs,
                    optimize_graph=opt.optimize_graph, quantization=opt.quantization)
 
     def recipe_key(self) -> str:
@@ -261,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--warmup-runs", type=int, default=5)
     p.add_argument("--timed-runs", type=int, default=30)
-    p.add_argument("--precision", default="fp32", choices=["fp32", "int8"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "int8", "int8_static"])
     p.add_argument("--reference", default=None, help="D/A/H/I of a reference to pair every run with")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

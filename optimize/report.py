@@ -15,12 +15,15 @@ from optimize.search import Candidate, SearchResult
 
 FIGURES = ("p10_ms", "p50_ms", "p90_ms", "p99_ms", "trimmed_mean_ms", "mean_ms", "min_ms", "std_ms")
 COLUMNS = ("label", "layers", "heads", "hidden", "intermediate", "params_net", "params_effective",
-           "params_embeddings", "flops", "latency_ms", "latency_source", *FIGURES, "predicted_ms",
+           "params_embeddings", "flops", "latency_ms", "model_latency_ms", "served_latency_ms", "latency_source",
+           *FIGURES, "predicted_ms",
            "speedup", "error", "status", "note", "cell", "kept", "in_front", "chosen")
 
 
-def candidate_rows(result: SearchResult) -> list[dict[str, Any]]:
-    """One flat row per candidate with every figure (None where not applicable)."""
+def candidate_rows(result: SearchResult, fixed_ms: float | None = None) -> list[dict[str, Any]]:
+    """One flat row per candidate with every figure (None where not applicable). With the served
+    objective (`fixed_ms` given) ``latency_ms`` is the predicted served p50 and ``model_latency_ms``
+    the model's own."""
     source_ms = float(result.source_record["p50_ms"])
     cell_of = {p.label: k for k, cell in enumerate(result.fptas.cells) for p in cell}
     kept = {p.label for p in result.fptas.kept}
@@ -32,6 +35,8 @@ def candidate_rows(result: SearchResult) -> list[dict[str, Any]]:
         row = {"label": label, **c.arch.to_dict(), "params_net": c.params["net"],
                "params_effective": c.params["effective"], "params_embeddings": c.params["embeddings"],
                "flops": c.flops, "latency_ms": round(c.latency_ms, 4),
+               "model_latency_ms": round(c.latency_ms - (fixed_ms or 0.0), 4),
+               "served_latency_ms": round(c.latency_ms, 4) if fixed_ms is not None else None,
                "latency_source": "measured" if c.measured else "predicted",
                **{f: (round(float(c.record[f]), 4) if c.measured and f in c.record else None) for f in FIGURES},
                "predicted_ms": round(c.predicted_ms, 4) if c.predicted_ms is not None else None,
@@ -62,13 +67,15 @@ def model_error(result: SearchResult) -> float | None:
 def chosen_dict(c: Candidate, family: str, source_ms: float, row: dict[str, Any]) -> dict[str, Any]:
     return {"arch": c.arch.to_dict(), "label": c.arch.label(), "family": family,
             "params_net": c.params["net"], "params_effective": c.params["effective"], "flops": c.flops,
-            "latency_ms": row["latency_ms"], "latency": {f: row[f] for f in FIGURES},
+            "latency_ms": row["latency_ms"], "model_latency_ms": row["model_latency_ms"],
+            "served_latency_ms": row["served_latency_ms"], "latency": {f: row[f] for f in FIGURES},
             "source_latency_ms": source_ms, "speedup": row["speedup"], "error": c.error}
 
 
 def write_outputs(folder: Path, result: SearchResult, meta: dict[str, Any]) -> dict[str, Any]:
     """Write every output into `folder`; return the manifest metrics."""
-    rows = candidate_rows(result)
+    fixed = meta.get("fixed_ms") if meta.get("objective") == "served" else None
+    rows = candidate_rows(result, fixed)
     by_label = {r["label"]: r for r in rows}
     source_ms = float(result.source_record["p50_ms"])
     atomic_write_text(folder / "candidates.csv", _csv(rows))
@@ -89,23 +96,38 @@ def write_outputs(folder: Path, result: SearchResult, meta: dict[str, Any]) -> d
                "source_latency_ms": round(source_ms, 4), "latency_model_mape": mape,
                "latency_model_loo_mape": result.model.loo_mape, "n_inversions": len(result.checks["inversions"]),
                "encoder_dominates": result.checks["dominance"]["encoder_dominates"],
-               "error_steps": meta.get("error_steps"), "error_estimator": meta.get("error_estimator")}
+               "error_steps": meta.get("error_steps"), "error_estimator": meta.get("error_estimator"),
+               "objective": meta.get("objective", "model"), "fixed_ms": fixed, "median_tokens": meta.get("median_tokens"),
+               "source_model_latency_ms": round(source_ms - (fixed or 0.0), 4)}
     if chosen:
         metrics.update({"chosen": chosen["label"], "chosen_latency_ms": chosen["latency_ms"],
                         "speedup": chosen["speedup"], "chosen_params_net": chosen["params_net"],
+                        "chosen_model_latency_ms": chosen["model_latency_ms"],
                         "chosen_params_effective": chosen["params_effective"], "chosen_error": chosen["error"]})
     return metrics
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| shape D/A/H/I | params net (M) | effective (M) | latency ms (p50) | source | speedup | ê |",
-             "|---|---:|---:|---:|---|---:|---:|"]
+    lines = ["| shape D/A/H/I | params net (M) | effective (M) | model ms (p50) | predicted served ms (p50) | "
+             "source | speedup | ê |", "|---|---:|---:|---:|---:|---|---:|---:|"]
     for r in rows:
         err = "" if r["error"] is None else f"{r['error']:.4g}"
         mark = " **(chosen)**" if r["chosen"] else ""
+        served = "" if r["served_latency_ms"] is None else f"{r['served_latency_ms']:.2f}"
         lines.append(f"| {r['label']}{mark} | {r['params_net'] / 1e6:.2f} | {r['params_effective'] / 1e6:.2f} | "
-                     f"{r['latency_ms']:.2f} | {r['latency_source']} | {r['speedup']:.2f}x | {err} |")
+                     f"{r['model_latency_ms']:.2f} | {served} | {r['latency_source']} | {r['speedup']:.2f}x | {err} |")
     return "\n".join(lines)
+
+
+def _objective_line(meta: dict[str, Any]) -> str:
+    if meta.get("objective") != "served":
+        return "Objective `model`: candidates are ranked by the model's own latency at the sequence above."
+    cost = meta["fixed_cost"]
+    return (f"Objective `served`: candidates are ranked by the p50 a caller would wait for at one user, predicted as "
+            f"the service's fixed cost, **{cost['fixed_p50_ms']:.2f} ms** (measured through `bort serve` with "
+            f"{cost['requests']} of the task's texts: client p50 {cost['client_p50_ms']:.2f} ms minus the model's "
+            f"{cost['model_p50_ms']:.2f} ms), plus the model's latency at the task's median length, "
+            f"**{meta['median_tokens']} tokens**. Both columns are in the table below.")
 
 
 def report_md(result: SearchResult, rows: list[dict[str, Any]], meta: dict[str, Any], mape: float | None) -> str:
@@ -123,6 +145,7 @@ def report_md(result: SearchResult, rows: list[dict[str, Any]], meta: dict[str, 
         f"after {meta['warmup_runs']} warm-up runs, each paired with a run of the source's shape (figures are "
         "the paired ratios times the source's latency, so a busy machine shifts every shape alike). "
         f"Source latency: {result.source_record['p50_ms']:.2f} ms.", "",
+        _objective_line(meta), "",
         f"Error estimate ê: {meta['error_estimator']}, {meta['error_steps']} steps per candidate "
         f"({meta['error_steps_rule']}). ε = {meta['epsilon']}; policy `{meta['policy']}`.", "",
         "## ABnC checks", "",

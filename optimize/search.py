@@ -25,6 +25,7 @@ Cost control in phase 4 (counted in the report):
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -185,19 +186,36 @@ def error_phase(cands: list[Candidate], error_fn: Callable[[Arch], float], store
     """Phase 4: ê per candidate in increasing training-cost order; stored per candidate.
 
     Up to ``opts.workers`` candidates are in flight at once; skip decisions use the results
-    finished so far (so they are deterministic with one worker, the default).
+    collected so far, in submission order (so they are deterministic for a given number in
+    flight, and the same as a serial run with one). Each ê is stored the moment its future
+    completes, in whatever order, so a driver that dies loses no finished candidate.
     """
     order = sorted(cands, key=lambda c: (flops(c.arch, opts.error_seq_len), c.params["net"], c.arch.label()))
     done: list[Candidate] = []
-    in_flight: list[tuple[Candidate, Any, float]] = []
-    spent = [0.0]
+    in_flight: list[tuple[Candidate, Any, threading.Event]] = []
+    spent, seconds_of = [0.0], {}
 
-    def finish(c: Candidate, future: Any, start: float) -> None:
+    def submit(c: Candidate) -> None:
+        start, stored = time.time(), threading.Event()
+
+        def store_result(future: Any) -> None:  # in the executor's thread, as soon as it completes
+            try:
+                if future.exception() is None:
+                    seconds_of[c.arch] = time.time() - start
+                    store.put({"key": f"{error_key}:{c.arch.label()}", "arch": c.arch.label(),
+                               "error": float(future.result()), "seconds": round(seconds_of[c.arch], 3)})
+            finally:
+                stored.set()
+
+        future = executor.submit(error_fn, c.arch)
+        future.add_done_callback(store_result)
+        in_flight.append((c, future, stored))
+
+    def collect(c: Candidate, future: Any, stored: threading.Event) -> None:
         c.error, c.status = float(future.result()), "trained"
-        seconds = time.time() - start
+        stored.wait()
+        seconds = seconds_of[c.arch]
         spent[0] += seconds
-        store.put({"key": f"{error_key}:{c.arch.label()}", "arch": c.arch.label(), "error": c.error,
-                   "seconds": round(seconds, 3)})
         done.append(c)
         log.debug("ê(%s) = %.4g in %.1f s", c.arch.label(), c.error, seconds)
 
@@ -214,11 +232,11 @@ def error_phase(cands: list[Candidate], error_fn: Callable[[Arch], float], store
         elif opts.error_time_budget_s and spent[0] >= opts.error_time_budget_s:
             c.status, c.note = "unbudgeted", f"error budget of {opts.error_time_budget_s:g} s spent"
         else:
-            in_flight.append((c, executor.submit(error_fn, c.arch), time.time()))
+            submit(c)
             if len(in_flight) >= max(1, opts.workers):
-                finish(*in_flight.pop(0))
+                collect(*in_flight.pop(0))
     while in_flight:
-        finish(*in_flight.pop(0))
+        collect(*in_flight.pop(0))
 
 
 def front_phase(cands: list[Candidate], latency_fn: Callable[[Arch], dict], records: dict[Arch, dict],

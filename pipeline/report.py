@@ -72,12 +72,14 @@ SECTIONS: list[tuple[str, str, list[tuple[str, str]]]] = [
         ("models are judged by (task metric)", "metric"), ("why this metric", "metric_reason"),
         ("labeller (source fine-tuned) accuracy", "accuracy.labeller"),
         ("plain fine-tuning accuracy", "accuracy.plain"), ("Agora accuracy", "accuracy.agora"),
+        ("task-specific distillation accuracy", "accuracy.distil"),
         ("baseline: always the majority class, accuracy", "baselines.test.majority.accuracy"),
         ("baseline: stratified random (expected), accuracy", "baselines.test.stratified.accuracy"),
         ("labeller macro-F1", "macro_f1.labeller"), ("plain macro-F1", "macro_f1.plain"),
         ("Agora macro-F1", "macro_f1.agora"),
         ("baseline: always the majority class, macro-F1", "baselines.test.majority.macro_f1"),
         ("labeller MCC", "test.labeller.mcc"), ("plain MCC", "test.plain.mcc"), ("Agora MCC", "test.agora.mcc"),
+        ("distillation MCC", "test.distil.mcc"),
         ("baseline: always the majority class, MCC", "baselines.test.majority.mcc"),
         ("deployed model", "deploy"), ("why", "deploy_reason"),
     ]),
@@ -144,8 +146,8 @@ def write_run_report(run_dir: str | Path, timings: list[dict[str, Any]] | None =
         if (run_dir / stage / name).is_file():
             md += [f"![{caption}]({stage}/{name})", ""]
     if timings:
-        md += ["## Stage times", "", "| stage | seconds | skipped |", "|---|---|---|"]
-        md += [f"| {t['stage']} | {t['seconds']:.1f} | {fmt(t['skipped'])} |" for t in timings] + [""]
+        md += ["## Stage times", "", "| stage | seconds | skipped | budget s |", "|---|---|---|---|"]
+        md += [f"| {t['stage']} | {t['seconds']:.1f} | {fmt(t['skipped'])} | {_budget(t)} |" for t in timings] + [""]
     machine = _machine_rows(manifests)
     if machine:
         md += ["## Machine", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in machine] + [""]
@@ -161,6 +163,12 @@ def write_run_report(run_dir: str | Path, timings: list[dict[str, Any]] | None =
         "failure": failure,
     })
     return paths
+
+
+def _budget(timing: dict[str, Any]) -> str:
+    if timing.get("budget_s") is None:
+        return MISSING
+    return f"{timing['budget_s']:.0f}" + (" **(over)**" if timing.get("over_budget") else "")
 
 
 def _html(run_dir: Path, sections, machine, timings, failure: str | None = None) -> str:

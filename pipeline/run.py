@@ -28,6 +28,11 @@ class StageTiming:
     seconds: float
     skipped: bool
     exit_code: int = 0
+    budget_s: float | None = None
+
+    @property
+    def over_budget(self) -> bool:
+        return self.budget_s is not None and not self.skipped and self.seconds > self.budget_s
 
 
 def _manifest_stamp(run_dir: Path, stage: str) -> tuple[str, str] | None:
@@ -74,13 +79,22 @@ def run(cfg: RunConfig, run_dir: Path, args: Any = None) -> int:
             bar.write(f"  {stage.name:9} stopped: {e}")
             timings.append(StageTiming(stage.name, 0.0, False, 2))
             break
+        timing.budget_s = cfg.budgets.of(stage.name)
         timings.append(timing)
         bar.write(f"  {stage.name:9} {'skipped (up to date)' if timing.skipped else f'{timing.seconds:7.1f} s'}")
+        if timing.over_budget:
+            log.warning("%s took %.0f s, over its budget of %.0f s (budgets.%s_s)", stage.name, timing.seconds,
+                        timing.budget_s, stage.name)
         exit_code = exit_code or timing.exit_code
     total = round(time.time() - started, 1)
-    atomic_write_json(run_dir / "timings.json", {"total_s": total, "stages": [t.__dict__ for t in timings]})
+    if total > cfg.budgets.total_s:
+        log.warning("bort run took %.0f s, over its budget of %.0f s (budgets.total_s)", total, cfg.budgets.total_s)
+    atomic_write_json(run_dir / "timings.json", {"total_s": total, "budget_s": cfg.budgets.total_s,
+                                                 "stages": [{**t.__dict__, "over_budget": t.over_budget}
+                                                            for t in timings]})
     why = None if failure is None else f"`bort {timings[-1].stage}` refused: {failure}"
-    paths = report.write_run_report(run_dir, timings=[t.__dict__ for t in timings], total_s=total, failure=why)
+    paths = report.write_run_report(run_dir, timings=[{**t.__dict__, "over_budget": t.over_budget} for t in timings],
+                                    total_s=total, failure=why)
     if failure is not None:
         raise BortError(f"{failure} (report: {paths['md']})") from failure
     print(f"bort run finished in {total:.0f} s; report: {paths['md']}")

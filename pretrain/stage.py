@@ -34,6 +34,7 @@ from bort.artifacts import (
 )
 from bort.config import RunConfig
 from bort.corpus import corpus_texts
+from bort.devices import resolve_device
 from bort.errors import ArtifactError
 from distillation import batches as B
 from distillation import extract, trainer
@@ -121,6 +122,9 @@ def distil(cfg: RunConfig, source: F.Source, arch: F.Arch, train_texts: list[str
         channels = extract.hidden_channels(imp, arch.hidden)
     student, layers = extract.build_student(source, teacher, arch, p.init, imp, cfg.seed, p.layer_selection)
     model = distill.Distiller(student, teacher.config, channel_index=channels, seed=cfg.seed)
+    device = resolve_device(p.device, "pretrain.device")  # importance and extraction ran on the CPU
+    teacher, model = teacher.to(device), model.to(device)
+    log.info("pretrain runs on %s", device)
     masker = B.Masker(tokenizer, cfg.seed) if distill.has_mlm_head(teacher) else None
     train_batches = B.TextBatches(seqs, p.batch_size, tokenizer.pad_token_id, teacher, cfg.seed, masker)
     heldout = heldout_batches(teacher, tokenizer, held_texts, p, masker)
@@ -131,6 +135,7 @@ def distil(cfg: RunConfig, source: F.Source, arch: F.Arch, train_texts: list[str
     initial = distill.embedding_cosine(model, teacher, tokenizer, held_texts, p.seq_len)
     result = trainer.train(model, train_batches, spec, heldout, folder=checkpoints, key=key, progress=progress)
     cosine = distill.embedding_cosine(model, teacher, tokenizer, held_texts, p.seq_len)
+    model = model.to("cpu")  # saved and handed on from the CPU
     return Outcome(model, tokenizer, result, layers, cosine, initial, "mlm" if masker else "representation")
 
 
@@ -141,6 +146,7 @@ def heldout_batches(teacher: Any, tokenizer: Any, texts: list[str], p: Any, mask
                                               tokenizer.pad_token_id)):
         if masker is not None:
             batch = masker(batch, B.HELDOUT_STEP + i)
+        batch = trainer.on_model_device(batch, teacher)
         out.append({**batch, **distill.teacher_targets(teacher, batch)})
     return out
 

@@ -8,9 +8,25 @@ times, for a shape, the graph ``bort export`` writes and ``bort serve`` runs for
    offline (the classifier head included; dynamic batch and sequence axes; Optimum's opset);
 2. optionally ORTOptimizer O2 on that graph (no speedup measured here: ONNX Runtime fuses what
    matters when it loads the graph anyway);
-3. int8: dynamic quantisation, ORTQuantizer with the ``AutoQuantizationConfig`` preset for this
-   CPU's instruction set; on an O2 graph, where ORTQuantizer fails, onnxruntime's
-   ``quantize_dynamic`` told the default tensor type.
+3. int8, two ways, each with the ``AutoQuantizationConfig`` preset for this CPU's instruction set:
+
+   - ``int8`` (dynamic): ORTQuantizer, weights int8, activations scaled per call from the batch
+     itself, so an answer depends slightly on the other texts (and padding) in its batch; on an
+     O2 graph, where ORTQuantizer fails, onnxruntime's ``quantize_dynamic`` told the default
+     tensor type;
+   - ``int8_static`` (calibrated): ORTQuantizer's static QDQ quantisation of the MatMuls that
+     hold a weight (per-channel int8 weights; the attention's activation-by-activation products
+     stay fp32), the activation ranges fixed beforehand by MinMax calibration on texts from the
+     task's training split (random token ids for the search's random-weight candidates, whose
+     ranges do not change the timing). Where that costs too much accuracy, ``bort export``
+     rebuilds it with the feed-forward output projections kept in fp32
+     (``keep_ffn_output_fp32``): their inputs, just after GELU, carry outliers one uint8 scale
+     cannot hold (on the embedded default's MiniLM labeller: 1.60 dev points lost, then none). Fixed scales make every row independent of its neighbours, so requests
+     can be merged into one model call (a test checks labels and scores alone and in a batch of 32).
+     On an O2 graph, onnxruntime's ``quantize_static`` with the same settings.
+
+Which of fp32, ``int8`` and ``int8_static`` is worth deploying is measured, not assumed
+(:mod:`runtime.speed`): on CPUs without VNNI int8 may buy nothing.
 
 :func:`random_classifier` saves a seeded random classifier at any shape: latency does not depend
 on weight values.
@@ -21,23 +37,37 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import shutil
+import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from bort import families as F
-from bort.artifacts import cpu_info
+from bort.artifacts import atomic_write_json, cpu_info
+from runtime.session import SERVING_FILE
 
 log = logging.getLogger(__name__)
 
 QUANTIZATION_TARGETS = ("avx512_vnni", "avx512", "avx2", "arm64")
+# What a folder holds: fp32, dynamic int8 (the name it has always had) or calibrated static int8.
+PRECISIONS = ("fp32", "int8", "int8_static")
+QUANTIZATION = {"fp32": None, "int8": "dynamic", "int8_static": "static"}  # serving.json's "quantization"
+# Static quantisation quantises MatMuls with a weight only: with every QDQ-capable operator (Add, Mul,
+# Softmax, LayerNorm...) the extra Quantize/Dequantize pairs cost more than they save, and the
+# attention's activation x activation MatMuls cost accuracy for no measured speed.
+STATIC_OPERATORS = ("MatMul",)
+# A feed-forward output projection (BERT, RoBERTa, MPNet: layer.N.output.dense; not attention.output.dense).
+FFN_OUTPUT = re.compile(r"(?<!attention)/output/dense/")
 # Bump when a step below changes the graph it writes: the search's latency cache keys on it.
 RECIPE_VERSION = 1
 RECIPE = ("optimum main_export (text-classification, sequence-classifier head) -> optional ORTOptimizer O2 "
-          "-> dynamic int8 (ORTQuantizer ISA preset; quantize_dynamic on O2 graphs); runtime/recipe.py "
-          f"v{RECIPE_VERSION}")
+          "-> int8: dynamic (ORTQuantizer ISA preset; quantize_dynamic on O2 graphs) or static QDQ of the "
+          "weight MatMuls (per-channel), MinMax-calibrated on training texts (ORTQuantizer; quantize_static "
+          "on O2 graphs); "
+          f"runtime/recipe.py v{RECIPE_VERSION}")
 
 
 def quantization_target(requested: str = "auto") -> tuple[str, str]:
@@ -62,9 +92,21 @@ def quantization_target(requested: str = "auto") -> tuple[str, str]:
     return "avx2", "no AVX2/AVX-512/VNNI flag found; AVX2 settings as the portable fallback"
 
 
+def check_precision(precision: str) -> str:
+    """`precision` itself when it is one of :data:`PRECISIONS`.
+
+    Raises:
+        ValueError: it is not.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
 def recipe_key(precision: str, optimize_graph: bool, target: str) -> str:
-    """What a graph built here depends on besides the model, e.g. ``recipe1/o0/int8-avx512_vnni``."""
-    quantized = f"int8-{target}" if precision == "int8" else "fp32"
+    """What a graph built here depends on besides the model, e.g. ``recipe1/o0/int8-avx512_vnni``
+    (static int8: ``int8s-avx512_vnni``)."""
+    quantized = {"fp32": "fp32", "int8": f"int8-{target}", "int8_static": f"int8s-{target}"}[check_precision(precision)]
     return f"recipe{RECIPE_VERSION}/{'o2' if optimize_graph else 'o0'}/{quantized}"
 
 
@@ -139,10 +181,14 @@ def quantize_int8(fp32_dir: Path, out_dir: Path, target: str, optimized_graph: b
     out_dir.mkdir(parents=True, exist_ok=True)
     with _quiet_root_logger():
         _quantize(fp32_dir, out_dir, target, optimized_graph)
+    _copy_sidecars(fp32_dir, out_dir)
+    return out_dir
+
+
+def _copy_sidecars(fp32_dir: Path, out_dir: Path) -> None:
     for f in fp32_dir.iterdir():
         if f.is_file() and f.suffix != ".onnx" and not (out_dir / f.name).exists():
             shutil.copy2(f, out_dir / f.name)
-    return out_dir
 
 
 def _quantize(fp32_dir: Path, out_dir: Path, target: str, optimized_graph: bool) -> None:
@@ -163,19 +209,154 @@ def _quantize(fp32_dir: Path, out_dir: Path, target: str, optimized_graph: bool)
             save_dir=out_dir, quantization_config=qconfig, file_suffix=None)
 
 
-def export_model(model_dir: Path, out_root: Path, precision: str, target: str,
-                 optimize_graph: bool = False) -> Path:
-    """The whole recipe: ``out_root/fp32`` and, for int8, ``out_root/int8``; returns the `precision` folder.
+def static_nodes(fp32_dir: Path, keep_ffn_output_fp32: bool = False) -> list[str]:
+    """The MatMul nodes static int8 quantises: those with a weight (an initializer input), less the
+    feed-forward output projections when `keep_ffn_output_fp32`."""
+    import onnx
+
+    model = onnx.load(str(fp32_dir / "model.onnx"), load_external_data=False)
+    weights = {i.name for i in model.graph.initializer}
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and any(i in weights for i in n.input)
+            and not (keep_ffn_output_fp32 and FFN_OUTPUT.search(n.name))]
+
+
+def quantize_static_int8(fp32_dir: Path, out_dir: Path, target: str, optimized_graph: bool,
+                         calibration: Iterable[dict[str, Any]], keep_ffn_output_fp32: bool = False) -> Path:
+    """Calibrated static int8 (QDQ) of ``fp32_dir/model.onnx`` into ``out_dir``; the other files
+    of ``fp32_dir`` are copied along.
+
+    Args:
+        target: the ISA preset (:func:`quantization_target`); AVX2 without VNNI gets ORT's
+            reduced weight range (7 bits), as its u8 x s8 multiply-add saturates otherwise.
+        calibration: feeds for the graph, one text each: ``{input name: token ids}`` (a list of
+            ints or a 1-D array; lengths may differ). MinMax over them fixes every activation range.
+        keep_ffn_output_fp32: leave the feed-forward output projections in fp32 (see the module docstring).
 
     Raises:
-        ValueError: `precision` is neither fp32 nor int8.
+        ValueError: no calibration feeds.
     """
-    if precision not in ("fp32", "int8"):
-        raise ValueError(f"precision must be fp32 or int8, got {precision!r}")
+    samples = [{name: [int(i) for i in ids] for name, ids in feed.items()} for feed in calibration]
+    if not samples:
+        raise ValueError("static int8 needs calibration texts; none were given")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    nodes = static_nodes(fp32_dir, keep_ffn_output_fp32)
+    with _quiet_root_logger(), tempfile.TemporaryDirectory(prefix="bort-calib-") as scratch:
+        if optimized_graph:
+            _quantize_static_ort(fp32_dir, out_dir, target, samples, nodes)
+        else:
+            _quantize_static_optimum(fp32_dir, out_dir, target, samples, nodes, Path(scratch))
+    _copy_sidecars(fp32_dir, out_dir)
+    return out_dir
+
+
+def _static_config(target: str, nodes: list[str]) -> Any:
+    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+    preset = getattr(AutoQuantizationConfig, target)
+    kwargs = {"reduce_range": True} if target == "avx2" else {}
+    # Per-channel weights: on the embedded default's student, per-tensor weights cost 0.8 dev points,
+    # per-channel none, at the same speed.
+    return preset(is_static=True, per_channel=True, operators_to_quantize=list(STATIC_OPERATORS),
+                  nodes_to_quantize=nodes, **kwargs)
+
+
+def _quantize_static_optimum(fp32_dir: Path, out_dir: Path, target: str, samples: list[dict[str, Any]],
+                             nodes: list[str], scratch: Path) -> None:
+    from onnxruntime.quantization import CalibrationMethod
+    from optimum.onnxruntime import ORTQuantizer
+    from optimum.onnxruntime.configuration import CalibrationConfig
+
+    qconfig = _static_config(target, nodes)
+    # AutoCalibrationConfig.minmax(dataset) reads only a `datasets.Dataset`'s name and size; the
+    # calibration itself takes any iterable of feeds, so the same config is built here directly.
+    calibration = CalibrationConfig(dataset_name="task training split", dataset_config_name=None,
+                                    dataset_split="train", dataset_num_samples=len(samples),
+                                    method=CalibrationMethod.MinMax)
+    quantizer = ORTQuantizer.from_pretrained(fp32_dir, file_name="model.onnx")
+    ranges = quantizer.fit(samples, calibration, onnx_augmented_model_name=scratch / "augmented.onnx",
+                           operators_to_quantize=qconfig.operators_to_quantize)
+    quantizer.quantize(save_dir=out_dir, quantization_config=qconfig, file_suffix=None,
+                       calibration_tensors_range=ranges)
+
+
+def _quantize_static_ort(fp32_dir: Path, out_dir: Path, target: str, samples: list[dict[str, Any]],
+                         nodes: list[str]) -> None:
+    import numpy as np
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
+    from onnxruntime.quantization import quantize_static as ort_quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.rows = iter(samples)
+
+        def get_next(self) -> dict[str, Any] | None:
+            row = next(self.rows, None)  # one text: (1, its tokens), as Optimum's reader feeds it
+            return None if row is None else {name: np.asarray([ids], dtype=np.int64) for name, ids in row.items()}
+
+    ort_quantize_static(fp32_dir / "model.onnx", out_dir / "model.onnx", Reader(), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=list(STATIC_OPERATORS), nodes_to_quantize=nodes, per_channel=True,
+                        reduce_range=target == "avx2", activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                        calibration_providers=["CPUExecutionProvider"],
+                        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "WeightSymmetric": True})
+
+
+def random_calibration(vocab_size: int, seq_len: int, count: int = 8, seed: int = 0,
+                       input_names: Sequence[str] = ("input_ids", "attention_mask", "token_type_ids")
+                       ) -> list[dict[str, Any]]:
+    """Seeded random token ids of `seq_len`: calibration for random-weight models, whose
+    activation ranges do not change how long a call takes."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for _ in range(count):
+        ids = rng.integers(min(1000, vocab_size - 1), vocab_size, seq_len).tolist()
+        feed = {"input_ids": ids, "attention_mask": [1] * seq_len, "token_type_ids": [0] * seq_len}
+        arrays.append({k: v for k, v in feed.items() if k in input_names})
+    return arrays
+
+
+def graph_inputs(folder: Path) -> list[str]:
+    """Input names of ``folder/model.onnx`` (BERT: input_ids, attention_mask, token_type_ids)."""
+    import onnx
+
+    return [i.name for i in onnx.load(str(folder / "model.onnx"), load_external_data=False).graph.input]
+
+
+def export_model(model_dir: Path, out_root: Path, precision: str, target: str,
+                 optimize_graph: bool = False, calibration: Iterable[dict[str, Any]] | None = None) -> Path:
+    """The whole recipe: ``out_root/fp32`` and, for int8, ``out_root/<precision>``; returns the
+    `precision` folder. Static int8 without `calibration` is calibrated on random token ids (timing
+    only).
+
+    Raises:
+        ValueError: `precision` is not one of :data:`PRECISIONS`.
+    """
+    check_precision(precision)
     fp32 = export_fp32(model_dir, out_root / "fp32", optimize_graph)
     if precision == "fp32":
         return fp32
-    return quantize_int8(fp32, out_root / "int8", target, optimize_graph)
+    if precision == "int8":
+        return quantize_int8(fp32, out_root / "int8", target, optimize_graph)
+    if calibration is None:
+        calibration = random_calibration(vocab_size(fp32), 32, input_names=graph_inputs(fp32))
+    return quantize_static_int8(fp32, out_root / "int8_static", target, optimize_graph, calibration)
+
+
+def write_serving(folder: Path, *, labels: Sequence[str], is_pair: bool, precision: str, name: str,
+                  max_seq_len: int, **extra: Any) -> Path:
+    """The sidecar ``bort serve``'s predictor reads beside ``model.onnx``: what the folder classifies
+    and how (padding token from the folder's tokenizer config). `extra` adds keys (e.g. ``speed_only``)."""
+    tokenizer_config = folder / "tokenizer_config.json"
+    pad: Any = "[PAD]"
+    if tokenizer_config.is_file():
+        pad = json.loads(tokenizer_config.read_text(encoding="utf-8")).get("pad_token") or pad
+    atomic_write_json(folder / SERVING_FILE, {
+        "name": name, "labels": list(labels), "is_pair": is_pair, "precision": precision,
+        "max_seq_len": max_seq_len, "pad_token": pad if isinstance(pad, str) else pad.get("content"), **extra})
+    return folder
 
 
 def vocab_size(model_dir: Path) -> int:

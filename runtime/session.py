@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 PROVIDERS = ("CPUExecutionProvider",)
+SERVING_FILE = "serving.json"  # the sidecar beside model.onnx: labels, pair task, precision, max length
 
 
 def session_options(num_threads: int, spin: bool = True, spin_stop: bool = False) -> Any:

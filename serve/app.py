@@ -14,10 +14,12 @@ model call (up to ``max_batch_texts``); nothing ever waits for a batch to fill. 
 request with the model idle skips the queue and the thread: it runs on the event loop, after one
 turn of the loop that lets requests arriving with it join a merged call instead.
 
-``batching="auto"`` merges for fp32 models only: dynamic int8 quantises activations with one
-scale per batch, so an int8 answer depends on which other texts (and how much padding) share its
-batch; measured on a fine-tuned MiniLM, 7 of 256 dev labels changed between batch 1 and batch 64.
-Cross-request merging would make an answer depend on other clients' traffic.
+``batching="auto"`` merges for models whose answers do not depend on the batch: fp32 and static
+int8 (fixed, calibrated activation scales). Dynamic int8 quantises activations with one scale per
+batch, so its answer depends on which other texts (and how much padding) share its batch; measured
+on a fine-tuned MiniLM, 7 of 256 dev labels changed between batch 1 and batch 64. Cross-request
+merging would make an answer depend on other clients' traffic, so dynamic int8 is never merged.
+
 Overload. Requests wait for the model in one bounded queue, counted in texts (``serve.max_queue``:
 a 64-text request weighs what it costs; a text counts until the model call that serves it
 returns): a request that would overfill it is answered 503 at once, with ``Retry-After`` (the
@@ -59,7 +61,7 @@ from starlette.routing import Route
 
 from bort.config import ServeConfig
 from serve.metrics import NoMeters
-from serve.predictor import Predictor
+from serve.predictor import Predictor, batch_invariant
 from serve.validation import (
     RequestError,
     check_api_key,
@@ -99,8 +101,7 @@ class Engine:
         self.predictor = predictor
         self.settings = settings
         self.api_key = settings.api_key()
-        precision = predictor.serving.get("precision", "fp32")
-        self.batching = settings.batching == "always" or (settings.batching == "auto" and precision == "fp32")
+        self.batching = settings.batching == "always" or (settings.batching == "auto" and batch_invariant(predictor.serving))
         self.meters = meters or NoMeters()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bort-infer")
         self._in_thread = 0  # model calls submitted to the thread and not yet finished

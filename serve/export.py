@@ -1,4 +1,4 @@
-"""``bort export``: the fine-tuned classifiers to ONNX (fp32 and dynamic int8), checked and timed.
+"""``bort export``: the fine-tuned classifiers to ONNX (fp32, dynamic and static int8), checked and timed.
 
 The graphs are :mod:`runtime.recipe`'s, the same the search timed for the chosen shape.
 
@@ -8,10 +8,12 @@ Two roles are exported from the finetune stage's models:
 - ``baseline``: the labeller, i.e. the source model fine-tuned on the task, which the load test
   compares against.
 
-Output: ``run_dir/export/<role>/<precision>/`` (self-contained folders the service loads),
-``deployed.json`` (which precision serves each role, and why), and the manifest, whose metrics
-carry the parity figure, fp32 and int8 dev accuracy, the int8 drop (dev decides what is served),
-each variant's test accuracy (reported, never used to decide) and each variant's latency.
+Output: ``run_dir/export/<role>/<precision>/`` (``fp32``, ``int8``, ``int8_static``: self-contained
+folders the service loads), ``deployed.json`` (which precision serves each role, and why), and the
+manifest, whose metrics carry the parity figure, each variant's dev accuracy and drop against fp32
+(dev decides what is served), test accuracy (reported, never used to decide), latency at
+``export.seq_len`` tokens, and the speed comparison on this CPU that decided the deployed precision
+(:mod:`serve.precision`: int8 is deployed only when accurate enough *and* faster here).
 The deployed folders are also registered in the BentoML model store (``$BENTOML_HOME``) as
 ``bort-<role>:<fingerprint>``.
 """
@@ -36,9 +38,10 @@ from bort.artifacts import (
     write_manifest,
 )
 from bort.config import RunConfig
-from bort.errors import ArtifactError, BortError
+from bort.errors import ArtifactError, BortError, ConfigError
 from runtime import recipe
 from serve import onnx_export as X
+from serve import precision as P
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +64,7 @@ def run(cfg: RunConfig, run_dir: Path, args: Any = None) -> Manifest:
     log.info("int8 quantisation target: %s (%s)", target, why)
     out_root = stage_dir(run_dir, "export")
     out_root.mkdir(parents=True, exist_ok=True)
-    roles = {role: export_role(role, name, folder, out_root, task, cfg.export, target)
+    roles = {role: export_role(role, name, folder, out_root, task, cfg.export, target, cfg.seed, cfg.serve)
              for role, (name, folder) in sources.items()}
     deployed = {role: deployment_entry(role, m, fingerprint) for role, m in roles.items()}
     atomic_write_json(out_root / DEPLOYED_FILE, deployed)
@@ -122,8 +125,8 @@ def role_sources(upstream: Manifest) -> dict[str, tuple[str, Path]]:
 
 
 def export_role(role: str, source: str, model_dir: Path, out_root: Path, task: Any, ec: Any,
-                target: str) -> dict[str, Any]:
-    """fp32 export + parity + accuracy + latency, then int8 and the keep-or-drop decision.
+                target: str, seed: int = 0, serve_cfg: Any = None) -> dict[str, Any]:
+    """fp32 export + parity + accuracy + latency, then each int8 variant, then the measured decision.
 
     Builds into a hidden temporary folder and moves it into place at the end, so an interrupted
     export never leaves a half-written ``<role>/`` folder behind.
@@ -137,7 +140,7 @@ def export_role(role: str, source: str, model_dir: Path, out_root: Path, task: A
 
     fp32 = tmp / "fp32"
     recipe.export_fp32(model_dir, fp32, ec.optimize_graph)
-    X.write_serving(fp32, precision="fp32", name=f"{role}:{source}:fp32", **sidecar)
+    recipe.write_serving(fp32, precision="fp32", name=f"{role}:{source}:fp32", **sidecar)
     probe = task.dev[:ec.parity_texts]
     pairs = [(e.text, e.text_pair) for e in probe] if task.is_pair else None
     m: dict[str, Any] = {"source": source, "labels": labels, "graph_optimized": ec.optimize_graph}
@@ -153,16 +156,43 @@ def export_role(role: str, source: str, model_dir: Path, out_root: Path, task: A
     m["deployed_precision"], m["decision"] = "fp32", "export.quantize is false"
 
     if ec.quantize:
-        int8 = tmp / "int8"
-        recipe.quantize_int8(fp32, int8, target, ec.optimize_graph)
-        X.write_serving(int8, precision="int8", name=f"{role}:{source}:int8", **sidecar)
-        m["int8_dev_accuracy"] = X.split_accuracy(int8, task.dev, task.is_pair, desc=f"{role} int8 dev", **evaluate)
-        m["int8_drop_points"] = round((m["fp32_dev_accuracy"] - m["int8_dev_accuracy"]) * 100.0, 3)
-        m["test_scores"]["int8"] = X.split_scores(int8, task.test, task.is_pair, desc=f"{role} int8 test",
-                                                  **evaluate)
-        m["latency_ms"]["int8"] = X.measure_latency(int8, **timing)
-        m["size_mb"]["int8"] = X.onnx_size_mb(int8)
-        m["deployed_precision"], m["decision"] = int8_decision(m["int8_drop_points"], ec.max_int8_drop_points)
+        folders, calibration = build_int8(fp32, tmp, task, ec, target, seed)
+        folders = {"fp32": fp32, **folders}
+        m["dev_accuracy"], m["drop_points"] = {"fp32": m["fp32_dev_accuracy"]}, {}
+        for precision, folder in folders.items():
+            if precision == "fp32":
+                continue
+            recipe.write_serving(folder, precision=precision, name=f"{role}:{source}:{precision}",
+                                 quantization=recipe.QUANTIZATION[precision], **sidecar)
+            acc = X.split_accuracy(folder, task.dev, task.is_pair, desc=f"{role} {precision} dev", **evaluate)
+            if precision == "int8_static":
+                m["static_recipe"] = "weight MatMuls, per-channel"
+                if (m["fp32_dev_accuracy"] - acc) * 100.0 > ec.max_int8_drop_points:
+                    # The FFN output projections' inputs (after GELU) hold outliers: keep them fp32, try again.
+                    log.info("%s: static int8 drops %.2f dev points; rebuilding it with the FFN output projections "
+                             "in fp32", role, (m["fp32_dev_accuracy"] - acc) * 100.0)
+                    shutil.rmtree(folder)
+                    recipe.quantize_static_int8(fp32, folder, target, ec.optimize_graph, calibration,
+                                                keep_ffn_output_fp32=True)
+                    recipe.write_serving(folder, precision=precision, name=f"{role}:{source}:{precision}",
+                                         quantization="static", **sidecar)
+                    m["static_recipe"] += f" ({(m['fp32_dev_accuracy'] - acc) * 100.0:.2f} points lost); then FFN " \
+                                          "output projections kept fp32"
+                    acc = X.split_accuracy(folder, task.dev, task.is_pair, desc=f"{role} {precision} dev", **evaluate)
+            m["dev_accuracy"][precision] = acc
+            m["drop_points"][precision] = round((m["fp32_dev_accuracy"] - acc) * 100.0, 3)
+            m["test_scores"][precision] = X.split_scores(folder, task.test, task.is_pair,
+                                                         desc=f"{role} {precision} test", **evaluate)
+            m["latency_ms"][precision] = X.measure_latency(folder, **timing)
+            m["size_mb"][precision] = X.onnx_size_mb(folder)
+        m["int8_dev_accuracy"], m["int8_drop_points"] = m["dev_accuracy"]["int8"], m["drop_points"]["int8"]
+        workload = P.task_workload(fp32, task.dev, ec.seq_len, ec.speed_batch, seed)
+        requests = [[e.text, e.text_pair] if task.is_pair else e.text for e in task.dev]
+        m["speed"] = P.decide(ec, folders, m["drop_points"], workload, serve_cfg, requests)
+        m["deployed_precision"], m["decision"] = m["speed"]["precision"], m["speed"]["why"]
+        log.info("%s: %s", role, P.summary(m["speed"]))
+    elif ec.precision not in ("auto", "fp32"):
+        raise ConfigError(f"export.precision={ec.precision} needs export.quantize=true")
     m["test_accuracy"] = {p: scores["accuracy"] for p, scores in m["test_scores"].items()}
     final = out_root / role
     shutil.rmtree(final, ignore_errors=True)
@@ -170,6 +200,23 @@ def export_role(role: str, source: str, model_dir: Path, out_root: Path, task: A
     log.info("%s (%s): parity %.2e, fp32 acc %.4f, deployed %s", role, source, m["parity_max_abs_diff"],
              m["fp32_dev_accuracy"], m["deployed_precision"])
     return m
+
+
+def build_int8(fp32: Path, tmp: Path, task: Any, ec: Any, target: str, seed: int) -> tuple[dict[str, Path], list]:
+    """The int8 variants of `fp32`: dynamic always, static (calibrated on ``export.calibration_texts``
+    training texts) when ``export.static_int8``; and those calibration feeds."""
+    folders = {"int8": recipe.quantize_int8(fp32, tmp / "int8", target, ec.optimize_graph)}
+    calibration: list = []
+    if ec.precision == "int8_static" and not ec.static_int8:
+        raise ConfigError("export.precision=int8_static needs export.static_int8=true")
+    if ec.static_int8:
+        if not task.train:
+            raise ArtifactError("the task has no training texts to calibrate static int8 on; rerun `bort data`"
+                                " or set export.static_int8=false")
+        calibration = P.calibration_feeds(fp32, task.train, ec.calibration_texts, ec.seq_len, seed)
+        folders["int8_static"] = recipe.quantize_static_int8(fp32, tmp / "int8_static", target, ec.optimize_graph,
+                                                             calibration)
+    return folders, calibration
 
 
 def int8_decision(drop_points: float, max_drop_points: float) -> tuple[str, str]:
@@ -225,6 +272,10 @@ def summary_metrics(roles: dict[str, dict[str, Any]], target: str, why: str,
         "deployed": {role: m["deployed_precision"] for role, m in roles.items()},
         "latency_ms": {role: m["latency_ms"] for role, m in roles.items()},
         "quantization": {"target": target, "why": why},
+        # Which precision each role deploys, why, and the CPU (model, ISA flags, threads) that decided it.
+        "deploy_decisions": {role: {k: m["speed"][k] for k in ("precision", "why", "cpu", "isa", "threads",
+                                                                "workload", "rule")}
+                             for role, m in roles.items() if "speed" in m},
         "onnx_recipe": recipe.RECIPE,
         "roles": roles,
         "bentoml_models": registered,
@@ -242,4 +293,6 @@ def report_line(metrics: dict[str, Any]) -> str:
             acc += f", int8 {m['int8_dev_accuracy']:.4f} (drop {m['int8_drop_points']:.2f} pts)"
         acc += f"; served test acc {m['test_accuracy'][m['deployed_precision']]:.4f}"
         lines.append(f"  {role} ({m['source']}): {acc}; {lat}; serving {m['deployed_precision']}")
+        if "speed" in m:
+            lines.append(f"    on {m['speed']['cpu']} ({', '.join(m['speed']['isa'])}): {m['decision']}")
     return "\n".join(lines)

@@ -108,6 +108,6 @@ def export_classifier(model_dir: Path, out: Path, parity_atol: float) -> dict[st
     labels = X.model_labels(model_dir)
     if not labels:
         raise ArtifactError(f"{model_dir}/config.json has no id2label; the service needs class names")
-    X.write_serving(out, labels=labels, is_pair=False, precision="fp32", name=f"{model_dir.name}:fp32",
+    recipe.write_serving(out, labels=labels, is_pair=False, precision="fp32", name=f"{model_dir.name}:fp32",
                     max_seq_len=X.model_max_seq_len(model_dir))
     return X.check_parity(model_dir, out, PARITY_TEXTS, None, seq_len=32, atol=parity_atol)

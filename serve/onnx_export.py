@@ -18,9 +18,8 @@ from typing import Any
 import numpy as np
 
 from bort import metrics
-from bort.artifacts import atomic_write_json
 from bort.errors import ArtifactError, BortError
-from serve.predictor import SERVING_FILE, Predictor
+from serve.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -47,19 +46,6 @@ def labels_of(model_dir: Path, task_labels: list[str]) -> list[str]:
             "rerun `bort finetune` for this task"
         )
     return names
-
-
-def write_serving(folder: Path, *, labels: list[str], is_pair: bool, precision: str, name: str,
-                  max_seq_len: int) -> None:
-    """The small sidecar the predictor reads: what the folder classifies and how."""
-    tokenizer_config = folder / "tokenizer_config.json"
-    pad = "[PAD]"
-    if tokenizer_config.is_file():
-        pad = json.loads(tokenizer_config.read_text(encoding="utf-8")).get("pad_token") or pad
-    atomic_write_json(folder / SERVING_FILE, {
-        "name": name, "labels": labels, "is_pair": is_pair, "precision": precision,
-        "max_seq_len": max_seq_len, "pad_token": pad if isinstance(pad, str) else pad.get("content"),
-    })
 
 
 def model_max_seq_len(model_dir: Path) -> int:

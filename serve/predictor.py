@@ -6,7 +6,11 @@ the serving image holds onnxruntime, tokenizers and numpy only. Its onnxruntime 
 
 An exported folder (``bort export`` writes one per role and precision) holds ``model.onnx``,
 ``tokenizer.json``, ``config.json`` and ``serving.json`` (``max_seq_len``, ``labels``,
-``is_pair``, ``precision``, ``name``).
+``is_pair``, ``precision``, ``quantization``, ``name``).
+
+A batch of texts of different lengths is run split by length (:mod:`runtime.batching`): one call
+padded to its longest text spends much of its time on padding when a 60-token review shares it
+with 10-token ones (measured in ``bench/results/throughput.md``).
 """
 
 from __future__ import annotations
@@ -21,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from runtime.session import open_session
+from runtime.batching import run_batch
+from runtime.session import SERVING_FILE, open_session
 
 log = logging.getLogger(__name__)
 
-SERVING_FILE = "serving.json"
 # A text longer than this many characters per allowed token is cut at a space before tokenising.
 CUT_CHARS_PER_TOKEN = 6
 # Printable ASCII plus tab, newline and carriage return: a BERT normaliser only lowercases it.
@@ -88,6 +92,15 @@ def cut_at_space(text: str, limit: int) -> str:
     return text[:at] if at > 0 else text
 
 
+def batch_invariant(serving: dict[str, Any]) -> bool:
+    """Whether a folder's answers are the same for a text alone and in any batch (its ``serving.json``):
+    fp32, and static int8 (fixed, calibrated activation scales); not dynamic int8, which scales
+    activations by the whole batch (folders from before static int8 say only ``"precision": "int8"``)."""
+    precision = serving.get("precision", "fp32")
+    quantization = serving.get("quantization", "dynamic" if precision == "int8" else None)
+    return precision == "fp32" or quantization == "static"
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax of (batch, classes) logits, stable for large values."""
     shifted = logits - logits.max(axis=-1, keepdims=True)
@@ -104,10 +117,15 @@ class Predictor:
         max_seq_len: truncate inputs to this many tokens (capped by the model's own limit).
         spin: let idle onnxruntime threads busy-wait (lower latency, more CPU).
         spin_stop: end that busy-wait when each call returns (see :func:`runtime.session.session_options`).
+        bucket: split a batch of texts of different lengths into calls by length (:mod:`runtime.batching`).
+        call_log: a file to which every model call appends one CSV line (``time_s, rows, width,
+            tokens, calls, padded, tokenize_ms, model_ms``): how big the merged batches are under
+            load and what their padding costs (``bort loadtest`` and the benchmarks read it).
     """
 
     def __init__(self, folder: str | Path, num_threads: int = 2, max_seq_len: int = 128,
-                 spin: bool = True, spin_stop: bool = False) -> None:
+                 spin: bool = True, spin_stop: bool = False, bucket: bool = True,
+                 call_log: str | Path | None = None) -> None:
         self.folder = Path(folder)
         self.serving = read_serving(self.folder)
         self.labels: list[str] = list(self.serving["labels"])
@@ -127,6 +145,13 @@ class Predictor:
         self.session = open_session(self.folder / "model.onnx", num_threads, spin, spin_stop)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.num_threads = num_threads
+        self.bucket = bucket
+        self._call_log = open(call_log, "a", buffering=1, encoding="utf-8") if call_log else None  # noqa: SIM115
+
+    @property
+    def batch_invariant(self) -> bool:
+        """See :func:`batch_invariant`."""
+        return batch_invariant(self.serving)
 
     def _load_tokenizer(self, saved: str, normalizer: Any = None) -> Any:
         """The saved tokenizer (its JSON text), truncating to ``max_seq_len``, not padding."""
@@ -193,6 +218,15 @@ class Predictor:
         """Raw (batch, classes) float32 logits for already tokenised inputs."""
         return self.session.run(None, feeds)[0]
 
+    def bucketed_logits(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, int, int]:
+        """:meth:`logits` run as :func:`runtime.batching.run_batch` runs a batch: split by length
+        into calls when ``bucket`` (on by default).
+
+        Returns:
+            ``(logits (batch, classes), calls, tokens computed including padding)``.
+        """
+        return run_batch(self.session, feeds, self.bucket)
+
     def predict(self, texts: list[str] | None = None, pairs: list[tuple[str, str]] | None = None,
                 timings: dict[str, float] | None = None) -> list[dict[str, Any]]:
         """Per input: ``{"label", "score", "scores": {label: p}, "truncated"}``.
@@ -206,10 +240,16 @@ class Predictor:
         start = time.perf_counter()
         batch = self.tokenize(texts or [], pairs)
         tokenized = time.perf_counter()
-        logits = self.logits(batch.feeds)
+        logits, calls, padded = self.bucketed_logits(batch.feeds)
+        done = time.perf_counter()
         if timings is not None:
             timings["tokenize"] = (tokenized - start) * 1000.0
-            timings["model"] = (time.perf_counter() - tokenized) * 1000.0
+            timings["model"] = (done - tokenized) * 1000.0
+        if self._call_log is not None:
+            ids = batch.feeds["input_ids"]
+            tokens = int(batch.feeds["attention_mask"].sum()) if "attention_mask" in batch.feeds else ids.size
+            self._call_log.write(f"{time.time():.4f},{ids.shape[0]},{ids.shape[1]},{tokens},{calls},{padded},"
+                                 f"{(tokenized - start) * 1000.0:.4f},{(done - tokenized) * 1000.0:.4f}\n")
         probs = softmax(logits.astype(np.float64))  # (batch, classes)
         best = probs.argmax(axis=-1)
         out = []

@@ -14,7 +14,9 @@ the environment (``bort serve`` sets it):
 - ``BORT_SERVE_ACCESS_LOG=1``: turn the access log on (read at import: it is class config);
 - ``BORT_SERVE_TRACE=1``: OpenTelemetry spans for ``/classify`` too. Off by default: with no
   tracing exporter configured they go nowhere, and they cost ~0.3 ms a request (measured);
-- ``BORT_BENTO_MODEL`` set at ``bentoml build`` time packs that model into the Bento.
+- ``BORT_BENTO_MODEL`` set at ``bentoml build`` time packs that model into the Bento;
+- ``BORT_SERVE_CALL_LOG``: a file to which every model call appends a line (batch size, padding,
+  times; :class:`serve.predictor.Predictor`): the load test reads the batches the server formed.
 """
 
 from __future__ import annotations
@@ -89,7 +91,8 @@ class Classifier:
         folder = os.environ.get("BORT_SERVE_MODEL_DIR") or self._stored_model_path()
         self.predictor = Predictor(folder, num_threads=settings.num_threads,
                                    max_seq_len=settings.max_seq_len, spin=settings.ort_spin,
-                                   spin_stop=settings.ort_spin_stop)
+                                   spin_stop=settings.ort_spin_stop,
+                                   call_log=os.environ.get("BORT_SERVE_CALL_LOG") or None)
         self.predictor.warm_up()
         engine = Engine(self.predictor, settings, Meters(settings.max_batch_texts))
         keyed = bool(engine.api_key)

@@ -101,12 +101,15 @@ TINY_DEV_TEXTS = (
 
 
 def fake_task(labels=TINY_LABELS, repeat: int = 4):
-    """A stand-in for ``bort.data.prepare``'s TaskData: labels and a small dev split."""
+    """A stand-in for ``bort.data.prepare``'s TaskData: labels, a small dev split, and training texts
+    (static int8 is calibrated on them)."""
     from types import SimpleNamespace
 
     dev = [SimpleNamespace(text=t, text_pair=None, label=i % len(labels))
            for _ in range(repeat) for i, t in enumerate(TINY_DEV_TEXTS)]
-    return SimpleNamespace(name="tiny", labels=list(labels), is_pair=False, dev=dev, train=[], test=[])
+    train = [SimpleNamespace(text=f"{t} {t[::-1]}", text_pair=None, label=i % len(labels))
+             for i, t in enumerate(TINY_DEV_TEXTS)]
+    return SimpleNamespace(name="tiny", labels=list(labels), is_pair=False, dev=dev, train=train, test=[])
 
 
 @pytest.fixture(scope="session")

@@ -128,3 +128,14 @@ def test_code_after_gap_times_every_gap_and_the_table_shows_them(tiny_export_run
     meta = {"cpu": {"model": "cpu", "usable_cores": 2}, "client": "socket", "rounds": 1, "n": 1, "gap": gap}
     table = SO.markdown([], meta)
     assert "## The same code, slower after a gap" in table and f"| 20 | {gap[-1]['after_sleep_ms']:.3f} |" in table
+
+
+def test_served_prediction_compares_each_prediction_with_locust_at_the_fewest_users():
+    import served_prediction as SP
+
+    rows = [{"role": "optimized", "predicted_p50_ms": 3.3}, {"role": "baseline", "predicted_p50_ms": 14.0}]
+    loadtest = {"models": {"optimized": {"1": {"p50_ms": 3.0}, "8": {"p50_ms": 9.0}},
+                           "baseline": {"8": {"p50_ms": 90.0}, "1": {"p50_ms": 17.0}}}}
+    out = SP.compare(rows, loadtest)
+    assert out[0]["measured_p50_ms"] == 3.0 and out[0]["error"] == 0.1 and out[0]["within_goal"]
+    assert out[1]["users"] == 1 and out[1]["error"] == round((14.0 - 17.0) / 17.0, 4) and not out[1]["within_goal"]

@@ -82,3 +82,12 @@ def test_round_trip_through_dict_and_fingerprint():
     other = C.resolve(overrides=["optimize.weights=[1, 2, 4]", "seed=7"])
     assert other.section_fingerprint("optimize") != cfg.section_fingerprint("optimize")
     assert other.section_fingerprint("serve") == cfg.section_fingerprint("serve")
+
+
+def test_where_work_runs_is_not_part_of_a_fingerprint():
+    base = C.resolve(["tiny"])
+    moved = C.resolve(["tiny"], ["optimize.executor=process", "optimize.workers=2", "finetune.ray_address=auto"])
+    for section in ("optimize", "finetune"):
+        assert moved.section_fingerprint(section) == base.section_fingerprint(section)
+    assert C.resolve(["tiny"], ["optimize.seq_len=64"]).section_fingerprint("optimize") != \
+        base.section_fingerprint("optimize")

@@ -86,3 +86,16 @@ def _cmdline(proc_dir: Path) -> str:
         return (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+def test_locust_sends_the_key_the_services_require_and_targets_loadtest_host(tmp_path, monkeypatch):
+    from loadtest.locust_run import locust_env
+
+    profile = Profile(users=1, duration_s=1, warmup_s=0)
+    monkeypatch.delenv("BORT_LOADTEST_API_KEY", raising=False)
+    monkeypatch.setenv("BORT_API_KEY", "s3cret")
+    assert locust_env(profile, tmp_path / "t.json", tmp_path / "run")["BORT_LOADTEST_API_KEY"] == "s3cret"
+    monkeypatch.delenv("BORT_API_KEY")
+    assert locust_env(profile, tmp_path / "t.json", tmp_path / "run")["BORT_LOADTEST_API_KEY"] == ""
+    cmd = locust_command(3100, profile, tmp_path / "run", host="serving-box")  # built, never run
+    assert cmd[cmd.index("-H") + 1] == "http://serving-box:3100"

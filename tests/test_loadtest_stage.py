@@ -71,7 +71,7 @@ def standin_serve(monkeypatch, started_services, serve_commands):
     fast for the run's deployed export (the optimised model)."""
     commands = serve_commands
 
-    def command(port, config_file, run_dir=None, role="optimized", model_dir=None):
+    def command(port, config_file, run_dir=None, role="optimized", model_dir=None, host="127.0.0.1"):
         commands.append({"run_dir": run_dir, "role": role, "model_dir": model_dir})
         delay = "8" if model_dir is not None else "1"
         return (sys.executable, STANDIN, "--port", str(port), "--delay-ms", delay)
@@ -108,6 +108,21 @@ def test_loadtest_writes_the_report_sets_the_slo_exit_code_and_leaves_no_server_
     assert_none_survives(standin_serve)  # no server process survives the command
     assert staged(stage.run, cfg, tmp_path) == report.SLO_EXIT_CODE  # up to date: the stored verdict, no new run
     assert len(standin_serve) == 2
+
+
+def test_with_loadtest_workers_a_master_and_its_workers_make_the_load_and_the_report_counts_each_share(
+        tmp_path, standin_serve):
+    cfg = tiny_cfg(tmp_path, "loadtest.workers=2", "loadtest.users=[2]")
+    fake_upstream(cfg, tmp_path)
+    staged(stage.run, cfg, tmp_path)
+    results = json.loads((tmp_path / "loadtest" / "results.json").read_text())
+    for model in results["models"].values():
+        level = model["levels"]["2"]
+        assert len(level["workers"]) == 2 and sum(w["requests"] for w in level["workers"]) == level["requests"]
+        assert all(w["requests"] > 0 for w in level["workers"])
+    md = (tmp_path / "loadtest" / "report.md").read_text()
+    assert "2 Locust workers (local) and a master" in md and "requests per worker" in md
+    assert_none_survives(standin_serve)
 
 
 def test_bort_serve_commands_bind_loopback_and_serve_a_folder_or_a_run(tmp_path):

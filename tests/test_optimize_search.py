@@ -163,3 +163,38 @@ def test_the_error_phase_runs_through_any_futures_executor(tmp_path):
                             error_fn=error, store=JsonlStore(tmp_path / "pool.jsonl"), error_key="k",
                             opts=SearchOptions(prune_factor=0.0, workers=3), executor=pool)
     assert len(error.calls) == 24 and pooled.fptas.front == inline.fptas.front
+
+
+class ThreadsExecutor:
+    """Two threads; shapes with an even layer count finish late, so results complete out of order."""
+
+    def __init__(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(max_workers=2)
+
+    def submit(self, fn, *args):
+        import time
+
+        def late(arch):
+            time.sleep(0.02 if arch.layers % 2 == 0 else 0.0)
+            return fn(arch)
+
+        return self.pool.submit(late, *args)
+
+    def shutdown(self, wait=True):
+        self.pool.shutdown(wait)
+
+
+def test_with_candidates_in_flight_every_estimate_is_stored_and_the_front_is_the_serial_one(tmp_path):
+    reference, _, _ = search(tmp_path / "serial")
+    executor = ThreadsExecutor()
+    try:
+        result = run_search(GRID, family="bert", vocab=None, source_arch=MINILM_L6, latency_fn=FakeMeter(),
+                            error_fn=FakeError(), store=JsonlStore(tmp_path / "parallel.jsonl"), error_key="k",
+                            opts=SearchOptions(prune_factor=0.0, workers=2), executor=executor)
+    finally:
+        executor.shutdown()
+    stored = JsonlStore(tmp_path / "parallel.jsonl").records
+    assert len(stored) == 24 and all(r["error"] == result.by_label()[r["arch"]].error for r in stored.values())
+    assert result.fptas.front == reference.fptas.front

@@ -80,3 +80,16 @@ def test_pretrain_on_the_embedded_default_keeps_the_teacher_close(tmp_path):
     assert m["embedding_cosine"] > 0.8
     first = float(next(csv.DictReader(open(tmp_path / "pretrain" / "loss.csv")))["loss"])
     assert m["heldout_loss"] < first
+
+
+def test_a_cuda_device_is_refused_with_one_line_where_torch_sees_none(tiny_source, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    cfg = C.resolve(["tiny"], [f"source.model={tiny_source}", *SHAPE, "pretrain.device=cuda"])
+    with pytest.raises(ConfigError, match=r"pretrain.device='cuda', but torch sees 0 CUDA device\(s\)") as e:
+        staged(pretrain.run, cfg, tmp_path)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="pretrain.device"):
+        C.resolve([], ["pretrain.device=tpu"])

@@ -37,7 +37,7 @@ def session_settings(session) -> dict:
             "spinning": opts.get_session_config_entry("session.intra_op.allow_spinning")}
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int8"])
+@pytest.mark.parametrize("precision", ["fp32", "int8", "int8_static"])
 def test_the_search_times_the_graph_bort_export_writes_for_the_shape(tiny_export_run, tmp_path, precision):
     """tiny_export_run's models are 2/3/33/37 classifiers exported by the real `bort export`."""
     exported = tiny_export_run / "export" / "optimized" / precision
@@ -48,6 +48,8 @@ def test_the_search_times_the_graph_bort_export_writes_for_the_shape(tiny_export
     assert searched["ops"]["Gemm"] + searched["ops"]["MatMul"] + searched["ops"]["MatMulInteger"] > 0
     if precision == "int8":
         assert searched["ops"]["DynamicQuantizeLinear"] > 0  # quantised by the same preset, not fp32 again
+    if precision == "int8_static":  # QDQ with fixed scales (calibrated on random ids for timing)
+        assert searched["ops"]["QuantizeLinear"] > 0 and searched["ops"]["DynamicQuantizeLinear"] == 0
     session = timing.TimedSession(timed / "model.onnx", 2, 1, 16, recipe.vocab_size(timed)).session
     predictor = Predictor(exported, num_threads=2, max_seq_len=16)
     assert session_settings(session) == session_settings(predictor.session)
@@ -65,7 +67,8 @@ def test_sessions_run_sequentially_with_fixed_intra_op_threads(tiny_export_run):
 def test_the_recipe_key_names_version_graph_optimisation_and_int8_preset():
     assert recipe.recipe_key("fp32", False, "avx2") == f"recipe{recipe.RECIPE_VERSION}/o0/fp32"
     assert recipe.recipe_key("int8", True, "avx512_vnni") == f"recipe{recipe.RECIPE_VERSION}/o2/int8-avx512_vnni"
-    with pytest.raises(ValueError, match="fp32 or int8"):
+    assert recipe.recipe_key("int8_static", False, "avx2") == f"recipe{recipe.RECIPE_VERSION}/o0/int8s-avx2"
+    with pytest.raises(ValueError, match="fp32, int8, int8_static"):
         recipe.export_model(Path("unused"), Path("unused"), "int4", "avx2")
 
 
@@ -79,3 +82,12 @@ def test_quantization_target_follows_cpu_flags(monkeypatch, flags, machine, expe
     monkeypatch.setattr(recipe, "cpu_info", lambda: {"isa": flags, "machine": machine})
     assert recipe.quantization_target("auto")[0] == expected
     assert recipe.quantization_target("avx2") == ("avx2", "set by export.quantization")
+
+
+def test_static_int8_quantises_weight_matmuls_and_can_keep_the_ffn_outputs_fp32(tiny_export_run):
+    fp32 = tiny_export_run / "export" / "optimized" / "fp32"
+    every = recipe.static_nodes(fp32)
+    kept = recipe.static_nodes(fp32, keep_ffn_output_fp32=True)
+    assert len(every) == 6 * TINY_ARCH[0]  # q, k, v, attention output, FFN in and out per layer; no act x act
+    assert sorted(set(every) - set(kept)) == [f"/bert/encoder/layer.{i}/output/dense/MatMul" for i in range(TINY_ARCH[0])]
+    assert any("attention/output/dense" in n for n in kept)

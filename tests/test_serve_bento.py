@@ -45,7 +45,7 @@ def test_bento_builds_from_its_own_files_and_holds_no_torch(tmp_path):
         assert name not in requirements, f"{name} in the Bento's requirements"
     sources = sorted(p.relative_to(bento / "src").as_posix() for p in (bento / "src").rglob("*.py"))
     assert sources == ["bort/__init__.py", "bort/config.py", "bort/errors.py", "runtime/__init__.py",
-                       "runtime/session.py", "serve/__init__.py", "serve/app.py", "serve/metrics.py",
+                       "runtime/batching.py", "runtime/session.py", "serve/__init__.py", "serve/app.py", "serve/metrics.py",
                        "serve/openapi.py", "serve/predictor.py", "serve/service.py", "serve/validation.py"]
     for path in (bento / "src").rglob("*.py"):
         assert not re.search(r"^\s*(import|from)\s+(torch|transformers|optimum)\b", path.read_text(), re.M), path

@@ -14,16 +14,17 @@ from serve import export
 from serve import onnx_export as X
 
 
-def test_export_writes_self_contained_fp32_and_int8_folders(tiny_export_run):
+def test_export_writes_self_contained_fp32_and_both_int8_folders(tiny_export_run):
     root = tiny_export_run / "export"
     for role in ("optimized", "baseline"):
-        for precision in ("fp32", "int8"):
+        for precision in recipe.PRECISIONS:
             folder = root / role / precision
             for name in ("model.onnx", "tokenizer.json", "config.json", "serving.json"):
                 assert (folder / name).is_file(), folder / name
             serving = json.loads((folder / "serving.json").read_text())
             assert serving["labels"] == ["fresh", "rotten"]
             assert serving["precision"] == precision and serving["is_pair"] is False
+            assert serving.get("quantization") == recipe.QUANTIZATION[precision]
     assert not list(root.glob(".tmp-*")), "temporary build folders must not remain"
 
 
@@ -35,23 +36,49 @@ def test_export_manifest_records_parity_accuracy_and_latency(tiny_export_run):
     assert m["int8_drop_points"] == pytest.approx((m["fp32_dev_accuracy"] - m["int8_dev_accuracy"]) * 100, abs=1e-2)
     assert m["quantization"]["target"] in recipe.QUANTIZATION_TARGETS and m["onnx_recipe"] == recipe.RECIPE
     for role, rm in m["roles"].items():  # every served file is scored on the test split too
-        assert set(rm["test_accuracy"]) == {"fp32", "int8"}
+        assert set(rm["test_accuracy"]) == set(recipe.PRECISIONS)
         assert all(0.0 <= v <= 1.0 for v in rm["test_accuracy"].values())
         assert m["served_test_accuracy"][role] == rm["test_accuracy"][rm["deployed_precision"]]
     for role in ("optimized", "baseline"):
-        for precision in ("fp32", "int8"):
+        for precision in recipe.PRECISIONS:
             lat = m["latency_ms"][role][precision]
             assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
     assert m["roles"]["optimized"]["source"] == "agora" and m["roles"]["baseline"]["source"] == "labeller"
 
 
-def test_deployed_json_follows_the_int8_rule(tiny_export_run):
+def test_deployed_json_follows_the_measured_rule_and_names_the_cpu(tiny_export_run):
     deployed = json.loads((tiny_export_run / "export" / "deployed.json").read_text())
-    roles = artifacts.read_manifest(tiny_export_run, "export").metrics["roles"]
+    metrics = artifacts.read_manifest(tiny_export_run, "export").metrics
     for role, entry in deployed.items():
-        drop = roles[role]["int8_drop_points"]
-        assert entry["precision"] == ("int8" if drop <= 0.5 else "fp32")
+        m = metrics["roles"][role]
+        speed = m["speed"]
+        assert entry["precision"] == speed["precision"] == m["deployed_precision"]
+        assert set(speed["figures"]) == set(recipe.PRECISIONS) and speed["isa"] == artifacts.cpu_info()["isa"]
+        if entry["precision"] != "fp32":  # int8 only when accurate enough and faster here
+            assert m["drop_points"][entry["precision"]] <= 0.5 and not speed["verdicts"][entry["precision"]]["failed"]
+        assert metrics["deploy_decisions"][role]["why"] == entry["decision"]
         assert (tiny_export_run / "export" / entry["folder"] / "model.onnx").is_file()
+
+
+def test_static_int8_gives_a_text_the_same_label_and_scores_alone_and_in_a_batch_of_32(tiny_export_run):
+    from serve.predictor import Predictor
+
+    texts = [f"{t} {'and more ' * (i % 7)}".strip() for i, t in enumerate(fake_task().dev)][:32]
+    for role in ("optimized", "baseline"):
+        predictor = Predictor(tiny_export_run / "export" / role / "int8_static", num_threads=2, max_seq_len=64)
+        assert predictor.batch_invariant
+        alone = [predictor.predict(texts=[t])[0] for t in texts]
+        assert predictor.predict(texts=texts) == alone  # bucketed by length, as the service runs a merged batch
+        predictor.bucket = False
+        assert predictor.predict(texts=texts) == alone  # and padded to the longest text in one call
+
+
+def test_an_explicit_precision_is_deployed_only_within_the_accuracy_gate():
+    from serve import precision as P
+
+    assert P.requested("int8_static", {"int8": 3.0, "int8_static": 0.2}, 0.5)[0] == "int8_static"
+    kept, why = P.requested("int8", {"int8": 3.0, "int8_static": 0.2}, 0.5)
+    assert kept == "fp32" and "keeping fp32" in why
 
 
 def test_int8_decision_keeps_fp32_when_accuracy_drops_too_much():
@@ -152,3 +179,13 @@ def test_the_gate_reads_margin_and_significance_and_force_overrides_it(minilm_di
     assert forced["forced"] and not forced["passed"]
     with pytest.raises(artifacts.ArtifactError, match="rerun `bort finetune`"):
         export.check_gate(config.resolve(["tiny"]), artifacts.Manifest("finetune", "fp", 0, {}, metrics={}))
+
+
+def test_served_speed_drives_each_variant_through_the_service(tiny_export_run):
+    from bort.config import ServeConfig
+    from serve import served_speed
+
+    folders = {p: tiny_export_run / "export" / "optimized" / p for p in ("int8", "int8_static")}
+    served = served_speed.measure(folders, ServeConfig(num_threads=1), ["a fine film", "dull"], users=2,
+                                  seconds=0.5, rounds=1, warmup_s=0.2)
+    assert set(served) == set(folders) and all(v["served_rps"] > 0 and v["users"] == 2 for v in served.values())

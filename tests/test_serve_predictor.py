@@ -330,3 +330,30 @@ def test_a_request_cancelled_during_its_one_turn_wait_leaves_nothing_queued():
     pending, answer = asyncio.run(run())
     assert pending == 0 and predictor.calls == [1] and answer[0]["label"] == "next"
     engine.close()
+
+
+def test_auto_batching_merges_static_int8_and_never_dynamic_int8():
+    from serve.app import Engine
+    from serve.predictor import batch_invariant
+
+    static = RecordingPredictor("int8_static")
+    static.serving["quantization"] = "static"
+    engine = Engine(static, ServeConfig(batching="auto", max_batch_texts=4))
+    _classify_concurrently(engine, [["a"], ["b"], ["c"]])
+    assert engine.batching is True and sum(static.calls) == 3 and len(static.calls) < 3
+    engine.close()
+    assert not batch_invariant({"precision": "int8"})  # folders from before static int8: dynamic
+    assert not batch_invariant({"precision": "int8", "quantization": "dynamic"})
+    assert batch_invariant({"precision": "fp32"})
+
+
+def test_every_model_call_appends_its_batch_and_padding_to_the_call_log(tiny_export_run, tmp_path):
+    log_path = tmp_path / "calls.csv"
+    predictor = Predictor(tiny_export_run / "export" / "optimized" / "fp32", num_threads=1, max_seq_len=64,
+                          call_log=log_path)
+    predictor.predict(texts=["short", "a much longer text " * 6, "tiny"])
+    predictor.predict(texts=["one"])
+    lines = [line.split(",") for line in log_path.read_text().splitlines()]
+    assert [int(x[1]) for x in lines] == [3, 1]  # texts per call
+    rows, width, tokens, calls, padded = (int(x) for x in lines[0][1:6])
+    assert width > tokens / rows and calls == 2 and tokens <= padded < rows * width  # bucketed: less padding
