@@ -70,9 +70,9 @@ class RawModel:
     def __init__(self, folder: Path, num_threads: int, max_seq_len: int) -> None:
         from tokenizers import Tokenizer
 
-        from runtime.session import SERVING_FILE, open_session
+        from runtime.session import open_session
 
-        serving = json.loads((Path(folder) / SERVING_FILE).read_text(encoding="utf-8"))
+        serving = json.loads((Path(folder) / "serving.json").read_text(encoding="utf-8"))
         self.tokenizer = Tokenizer.from_file(str(Path(folder) / "tokenizer.json"))
         self.tokenizer.enable_truncation(max_length=min(max_seq_len, int(serving["max_seq_len"])))
         self.tokenizer.no_padding()
@@ -103,7 +103,9 @@ def replay(folder: Path, call_rows: np.ndarray, items: list[Any], *, num_threads
            max_calls: int = 400, budget_s: float = 8.0, seed: int = 0) -> dict[str, Any]:
     """Raw onnxruntime throughput at the batch sizes in `call_rows` (texts per call), on `items`.
 
-    Replays up to `max_calls` of them (a seeded sample, in random order; at least 3 even past `budget_s`).
+    Replays up to `max_calls` of them (a seeded sample, in random order; at least 3 even past `budget_s`),
+    each twice, keeping the faster: the ceiling is the model's capacity, and other work on a shared
+    machine only ever slows a call down.
 
     Returns:
         ``{"texts_per_s", "calls", "texts", "model_s"}``.
@@ -115,9 +117,12 @@ def replay(folder: Path, call_rows: np.ndarray, items: list[Any], *, num_threads
     spent, texts, done, started = 0.0, 0, 0, time.monotonic()
     for size in sizes:
         feeds = model.feeds([items[int(i)] for i in rng.integers(len(items), size=int(size))])
-        start = time.perf_counter()
-        model.run(feeds)
-        spent += time.perf_counter() - start
+        best = float("inf")
+        for _ in range(2):
+            start = time.perf_counter()
+            model.run(feeds)
+            best = min(best, time.perf_counter() - start)
+        spent += best
         texts, done = texts + int(size), done + 1
         if done >= 3 and time.monotonic() - started > budget_s:
             break
