@@ -178,7 +178,12 @@ class ServedLatency:
     def __call__(self, arch: Arch) -> dict[str, Any]:
         return served_view(self.meter(arch), self.fixed_ms)
 
-    def __getattr__(self, name: str) -> Any:
+    def cached(self, arch: Arch) -> dict[str, Any] | None:
+        """A cached measurement, shifted like a fresh one (the search reads both)."""
+        record = self.meter.cached(arch)
+        return None if record is None else served_view(record, self.fixed_ms)
+
+    def __getattr__(self, name: str) -> Any:  # freeze_reference, settings, measured, hw, cache
         return getattr(self.meter, name)
 
 

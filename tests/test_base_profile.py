@@ -19,7 +19,7 @@ def test_the_base_profiles_resolve_to_an_mpnet_source_and_a_served_speedup_targe
     from optimize.grid import make_grid
 
     grid = make_grid("source", F.Arch(12, 12, 768, 3072), cfg.optimize)
-    assert len(grid) == 32 and {a.layers for a in grid} == {2, 3, 4, 6} and {a.hidden for a in grid} == {192, 384}
+    assert len(grid) == 40 and {a.layers for a in grid} == {1, 2, 3, 4, 6} and {a.hidden for a in grid} == {192, 384}
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,20 @@ from optimize.search import SearchOptions, run_search
 
 
 class FakeMeter:
-    """Model latency of a shape: proportional to its encoder size (a fake, no timing)."""
+    """Model latency of a shape: proportional to its encoder size (a fake, no timing). Shapes in
+    `cache` come back from :meth:`cached` too, as a real meter's cached measurements do."""
 
     settings = None
+
+    def __init__(self, cache: tuple[Arch, ...] = ()):
+        self.cache = set(cache)
 
     def __call__(self, arch: Arch) -> dict:
         ms = 0.2 + 1e-6 * arch.layers * arch.hidden * (arch.hidden + arch.intermediate)
         return {"p50_ms": ms, "p10_ms": ms * 0.9, "p90_ms": ms * 1.1, "p99_ms": ms * 1.2, "mean_ms": ms}
+
+    def cached(self, arch: Arch) -> dict | None:
+        return self(arch) if arch in self.cache else None
 
 
 def test_served_view_adds_the_fixed_cost_and_keeps_the_model_figures():
@@ -42,6 +49,10 @@ def test_a_fixed_cost_shrinks_every_speedup_so_a_speedup_target_needs_a_smaller_
 
     model_arch, model_speedup = chosen(FakeMeter())
     served_arch, served_speedup = chosen(served.ServedLatency(FakeMeter(), fixed_ms=0.5))
+    # a shape measured in an earlier sweep is read from the cache, and shifted like a fresh one
+    assert chosen(served.ServedLatency(FakeMeter(cache=tuple(archs)), fixed_ms=0.5)) == (served_arch, served_speedup)
+    wrapped = served.ServedLatency(FakeMeter(cache=(archs[0],)), fixed_ms=0.5)
+    assert wrapped.cached(archs[0])["p50_ms"] == wrapped(archs[0])["p50_ms"] and wrapped.cached(archs[1]) is None
     assert model_speedup >= 3.0 and served_speedup >= 3.0
     # 4/8/256/1024 is 3.1x faster as a model but only 2.5x as served: the fixed cost eats speedup
     assert model_arch == Arch(4, 8, 256, 1024) and served_arch == Arch(3, 6, 192, 768)
