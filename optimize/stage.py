@@ -140,7 +140,7 @@ def run(cfg: RunConfig, run_dir: str | Path, args: Any = None) -> Manifest:
             "weights": opt.weights}
     metrics = write_outputs(folder, result, meta)
     metrics.update({"new_latency_measurements": meter.measured, "hardware_fingerprint": meter.hw,
-                    "latency_cache": str(meter.cache.path)})
+                    "latency_cache": str(meter.cache.path), "latency_ray_node": getattr(meter, "node_id", None)})
     if result.chosen is None:
         raise BortError(f"optimize: {result.choice_error} (every figure is in {folder}; a rerun with "
                         "another policy re-measures and retrains nothing)")

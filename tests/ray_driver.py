@@ -192,9 +192,13 @@ def stage(address: str, source_dir: str, run_dir: str) -> dict:
         metrics = optimize.run(cfg, Path(run_dir)).metrics
         rows = json.loads((Path(run_dir) / "optimize" / "candidates.json").read_text())
         out.append({k: metrics.get(k) for k in ("new_latency_measurements", "hardware_fingerprint", "latency_cache",
-                                                 "n_candidates", "chosen")} |
+                                                 "n_candidates", "chosen", "latency_ray_node")} |
                    {"errors": {r["label"]: r["error"] for r in rows}})
-    return {"runs": out}
+    from bort.cluster import connected
+
+    with connected(address, "optimize.executor") as ray:
+        target = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("bort_target"))
+    return {"runs": out, "target": target}
 
 
 def thetas(address: str, source_dir: str, work: str) -> dict:

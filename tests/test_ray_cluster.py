@@ -62,9 +62,11 @@ def test_a_search_on_the_cluster_measures_on_the_target_and_survives_killed_work
 
 
 def test_bort_optimize_on_ray_keeps_the_latency_cache_of_the_target_node(cluster, tiny_source, tmp_path):
-    first, rerun = drive(cluster, "stage", cluster.address, str(tiny_source), str(tmp_path / "run"))["runs"]
+    out = drive(cluster, "stage", cluster.address, str(tiny_source), str(tmp_path / "run"))
+    first, rerun = out["runs"]
     target_cache = cluster.cache("target") / "latency"
     assert first["new_latency_measurements"] > 0 and first["latency_cache"].startswith(str(target_cache))
+    assert first["latency_ray_node"] == rerun["latency_ray_node"] == out["target"]
     assert not (cluster.cache("head") / "latency").exists()  # nothing was timed on the head
     assert all(e is not None for e in first["errors"].values()) and len(first["errors"]) == first["n_candidates"]
     assert rerun["new_latency_measurements"] == 0 and rerun["errors"] == first["errors"]
