@@ -108,11 +108,12 @@ def inputs(profile: str) -> tuple[Any, Any, list[Any], Any]:
     from optimize.grid import make_grid
 
     cfg = C.resolve([profile])
-    run_dir = Path(tempfile.mkdtemp(prefix="bort-ray-bench-"))
-    data.prepare(cfg, run_dir)
+    with tempfile.TemporaryDirectory(prefix="bort-ray-bench-") as run_dir:
+        data.prepare(cfg, Path(run_dir))
+        corpus = corpus_texts(cfg, data.load_prepared(Path(run_dir)))
     source = resolve_source(cfg.source.model)
     steps, _ = error_steps(cfg.optimize)
-    fn = make_error_fn(cfg, source, corpus_texts(cfg, data.load_prepared(run_dir)), steps)
+    fn = make_error_fn(cfg, source, corpus, steps)
     return cfg, source, make_grid(cfg.optimize.grid, source.arch, cfg.optimize), fn
 
 
@@ -249,7 +250,9 @@ def markdown(r: dict[str, Any]) -> str:
     lines = ["# The search's error phase: inline, process pool, local Ray; the paper grid on N nodes", "",
              f"CPU: {cpu['model']} ({cpu['usable_cores']} usable cores; ISA {', '.join(cpu['isa'])}); ray "
              f"{r['libraries'].get('ray', '?')}, torch {r['libraries'].get('torch', '?')}. Source {r['source']}; "
-             f"{len(r['archs'])} candidates ({', '.join(r['archs'])}), {r['error_steps']} distillation steps each.", "",
+             f"{len(r['archs'])} candidates ({', '.join(r['archs'])}), {r['error_steps']} distillation steps each. "
+             f"Load average (1/5/15 min) {'/'.join(str(x) for x in r['load_average']['before'])} before, "
+             f"{'/'.join(str(x) for x in r['load_average']['after'])} after: the cores are shared with other jobs.", "",
              "| executor | slots | wall (s) | compute in tasks (s) | beyond compute per task (s) | first result (s) "
              "| processes: loads of the inputs (s) |", "|---|---|---|---|---|---|---|"]
     for name, run in r["runs"].items():
@@ -307,9 +310,11 @@ def main(argv: list[str] | None = None) -> None:
         return on_loopback(argv if argv is not None else sys.argv[1:])
     from bort.artifacts import atomic_write_json, atomic_write_text
 
-    started = time.time()
+    started, load_before = time.time(), os.getloadavg()
     result = run(args)
     result["seconds"] = round(time.time() - started, 1)
+    result["load_average"] = {"before": [round(x, 2) for x in load_before],
+                              "after": [round(x, 2) for x in os.getloadavg()]}  # 1, 5, 15 min
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "ray_overhead.json", result)
