@@ -104,14 +104,11 @@ class Neighbours:
 
 
 def has_mlm_head(folder: str | Path) -> bool:
-    """True when the checkpoint's config names a masked-LM architecture."""
-    import json
+    """True when the checkpoint's weights carry a masked-LM head (G can infill with it); see
+    :func:`bort.families.has_mlm_weights` for why the config's architecture name is not enough."""
+    from bort.families import has_mlm_weights
 
-    config = Path(folder) / "config.json"
-    if not config.is_file():
-        return False
-    names = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
-    return any("MaskedLM" in name or "ForPreTraining" in name for name in names)
+    return has_mlm_weights(folder)
 
 
 @dataclass(frozen=True)

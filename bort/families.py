@@ -245,6 +245,22 @@ def _download_hub_snapshot(name: str) -> Path:
         raise ConfigError(f"source.model {name!r}: could not fetch from the hub ({e})".splitlines()[0]) from e
 
 
+MLM_HEAD_PREFIXES = ("cls.predictions.", "lm_head.")  # BERT's and RoBERTa's/MPNet's masked-LM heads
+
+
+def has_mlm_weights(folder: str | Path) -> bool:
+    """True when the folder's safetensors carry a masked-LM head. Its ``config.json`` is no guide:
+    all-mpnet-base-v2 names ``MPNetForMaskedLM`` and ships the encoder alone, so loading it as a masked
+    LM gives a head of random weights."""
+    from safetensors import safe_open
+
+    for path in Path(folder).glob("*.safetensors"):
+        with safe_open(str(path), framework="pt") as f:
+            if any(name.startswith(MLM_HEAD_PREFIXES) for name in f.keys()):
+                return True
+    return False
+
+
 def load_encoder(folder: str | Path, add_pooling_layer: bool = True) -> Any:
     """Load a bare encoder from a folder, safetensors only (no pickle from user files)."""
     from transformers import AutoModel

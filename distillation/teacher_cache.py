@@ -36,14 +36,9 @@ FORMAT = 1
 
 def load_teacher(source: F.Source) -> Any:
     """The source as a teacher: with its MLM head when its weights carry one, else the bare encoder."""
-    from safetensors import safe_open
     from transformers import AutoModelForMaskedLM
 
-    names: set[str] = set()
-    for path in source.folder.glob("*.safetensors"):
-        with safe_open(str(path), framework="pt") as f:
-            names.update(f.keys())
-    if any(n.startswith(("cls.predictions.", "lm_head.")) for n in names):
+    if F.has_mlm_weights(source.folder):
         return AutoModelForMaskedLM.from_pretrained(source.folder, use_safetensors=True).eval()
     return F.load_encoder(source.folder).eval()
 

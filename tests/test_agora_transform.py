@@ -129,6 +129,12 @@ def test_mlm_infill_path_runs_when_a_head_exists(tmp_path, tiny_source, tiny_par
         mlm = AutoModelForMaskedLM.from_config(config).eval()
     mlm.save_pretrained(tmp_path / "mlm", safe_serialization=True)
     assert has_mlm_head(tmp_path / "mlm") and not has_mlm_head(tiny_source)
+    # a config that names a masked-LM architecture over encoder-only weights (all-mpnet-base-v2's case)
+    encoder_only = tmp_path / "encoder-only"
+    F.load_encoder(tiny_source).save_pretrained(encoder_only, safe_serialization=True)
+    (encoder_only / "config.json").write_text((encoder_only / "config.json").read_text().replace(
+        '"BertModel"', '"BertForMaskedLM"'))
+    assert "BertForMaskedLM" in (encoder_only / "config.json").read_text() and not has_mlm_head(encoder_only)
     g = make_g(tiny_parts, mlm=(mlm, F.load_tokenizer(tiny_source)))
     words = split_words("the movie was really quite good and the actors were fine")
     edited = [g._infill(list(words), np.random.default_rng(s)) for s in range(6)]
