@@ -64,19 +64,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3, help="rounds; the model order flips every round")
     p.add_argument("--variants", default=",".join(VARIANTS), help="which exported precisions to serve")
     p.add_argument("--render-only", action="store_true", help="rebuild the tables from bench/results/throughput.json")
+    p.add_argument("--after-set", action="append", default=[], metavar="serve.KEY=VALUE",
+                   help="a serve setting for the deployed ('after') variant only, e.g. serve.ort_spin=false")
+    p.add_argument("--tag", default="", help="write throughput-TAG.{json,md}")
     return p.parse_args(argv)
 
 
-def plans(cfg: Any, export: Any, config_file: Path, variants: list[str]) -> list[ModelPlan]:
-    """One served plan per exported precision of the optimised role."""
+def plans(cfg: Any, export: Any, config_file: Path, variants: list[str],
+          overrides: dict[str, tuple[Path, str]] | None = None) -> list[ModelPlan]:
+    """One served plan per exported precision of the optimised role (`overrides`: precision ->
+    (config file, how the label says it) for a variant served with other settings)."""
     roles = export.metrics["roles"]["optimized"]
     out = []
     for precision in variants:
         folder = export.dir / "optimized" / precision
-        spec = services.folder_spec(precision, folder, cfg.loadtest.port, config_file, cfg.loadtest.start_timeout_s)
+        config, note = (overrides or {}).get(precision, (config_file, ""))
+        spec = services.folder_spec(precision, folder, cfg.loadtest.port, config, cfg.loadtest.start_timeout_s)
         merged = "never merged" if precision == "int8" else "merged, split by length"
         out.append(ModelPlan(role=precision, spec=spec, folder=folder,
-                             label=f"student ({roles['source']}) ONNX {precision}, {merged}",
+                             label=f"student ({roles['source']}) ONNX {precision}, {merged}{note}",
                              accuracy=roles["test_accuracy"].get(precision), accuracy_note="test accuracy of this file"))
     return out
 
@@ -254,8 +260,15 @@ def main(argv: list[str] | None = None) -> int:
     texts_file = work / "texts.json"
     atomic_write_json(texts_file, {"texts": [e.text for e in task.test], "labels": list(task.labels)})
     variants = [v for v in args.variants.split(",") if v]
-    by_role = {p.role: p for p in plans(cfg, export, config_file, variants)}
     before, after = "int8", deployed["precision"]
+    overrides = {}
+    if args.after_set:
+        from bort import config as C
+
+        after_cfg = C.resolve([args.profile], args.after_set)
+        overrides[after] = (services.write_config(after_cfg, work / "serve_config_after.yaml"),
+                            " (" + ", ".join(args.after_set) + ")")
+    by_role = {p.role: p for p in plans(cfg, export, config_file, variants, overrides)}
     settings = CeilingSettings(cfg.serve.num_threads, cfg.serve.max_seq_len)
     profiles = [Profile(users=int(u), duration_s=args.duration_s, warmup_s=args.warmup_s, seed=cfg.seed)
                 for u in args.users.split(",")]
@@ -276,9 +289,11 @@ def main(argv: list[str] | None = None) -> int:
                "duration_s": args.duration_s, "warmup_s": args.warmup_s, "machine": cpu_info(),
                "versions": library_versions(), "elapsed_s": round(time.time() - started, 1)}
     results["goals"] = goals(models, after, ratios) if ratios else {}
+    results["after_settings"] = args.after_set
     OUT.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(OUT / "throughput.json", results)
-    atomic_write_text(OUT / "throughput.md", markdown(results))
+    name = f"throughput-{args.tag}" if args.tag else "throughput"
+    atomic_write_json(OUT / f"{name}.json", results)
+    atomic_write_text(OUT / f"{name}.md", markdown(results))
     print(markdown(results))
     return 0
 
