@@ -44,7 +44,7 @@ def bort_serve_command(port: int, config_file: Path, run_dir: Path | None = None
                        model_dir: Path | None = None, host: str = HOST) -> tuple[str, ...]:
     """``bort serve`` on `host`:`port` with the run's config: for `model_dir` when given
     (``--model-dir``), else for `role` of `run_dir`'s export (``--run-dir R --model role``)."""
-    command = [sys.executable, "-m", "pipeline.cli", "serve", "--port", str(port), "--config", str(config_file),
+    command = [sys.executable, "-m", "pipeline.cli", "serve", "--port", str(port), "--config", str(Path(config_file).resolve()),
                "--set", f"serve.host={host}"]
     if model_dir is not None:
         return (*command, "--model-dir", str(Path(model_dir).resolve()))

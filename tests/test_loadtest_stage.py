@@ -125,7 +125,10 @@ def test_with_loadtest_workers_a_master_and_its_workers_make_the_load_and_the_re
     assert_none_survives(standin_serve)
 
 
-def test_bort_serve_commands_bind_loopback_and_serve_a_folder_or_a_run(tmp_path):
+def test_bort_serve_commands_bind_loopback_and_serve_a_folder_or_a_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative --run-dir: the server runs in another directory, so every path is absolute
+    relative = services.bort_serve_command(3999, Path("run") / "c.yaml", run_dir=Path("run"))
+    assert relative[relative.index("--config") + 1] == str((tmp_path / "run" / "c.yaml").resolve())
     folder_cmd = services.bort_serve_command(3999, tmp_path / "c.yaml", model_dir=tmp_path / "m")
     run_cmd = services.bort_serve_command(3999, tmp_path / "c.yaml", run_dir=tmp_path, role="optimized")
     for cmd in (folder_cmd, run_cmd):
