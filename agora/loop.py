@@ -80,7 +80,7 @@ def thetas_from_config(cfg: RunConfig) -> list[Theta]:
     """Θ from ``cfg.finetune.thetas``; keys a set leaves out take the section's values."""
     f = cfg.finetune
     return [Theta(theta.text, T.TrainSpec(**f.theta_values(theta, f.students_seed(cfg.seed)), grad_clip=f.grad_clip,
-                                          freeze_word_embeddings=f.freeze_word_embeddings))
+                                          freeze_word_embeddings=f.freeze_word_embeddings, min_steps=f.min_steps))
             for theta in f.thetas]
 
 

@@ -44,7 +44,7 @@ from bort.task import Example
 
 log = logging.getLogger(__name__)
 STAGE = "finetune"
-TRAIN_KEYS = ("seq_len", "batch_size", "weight_decay", "warmup_ratio", "grad_clip", "freeze_word_embeddings")
+TRAIN_KEYS = ("seq_len", "batch_size", "weight_decay", "warmup_ratio", "grad_clip", "freeze_word_embeddings", "min_steps")
 
 
 class LabellerTooWeakError(BortError):
@@ -195,7 +195,7 @@ def ensure_labeller(cfg: RunConfig, out: Path, source: Any, labels: list[str], t
     f = cfg.finetune
     spec = T.TrainSpec(lr=f.labeller_lr, weight_decay=f.weight_decay, warmup_ratio=f.warmup_ratio,
                        epochs=f.labeller_epochs, batch_size=f.batch_size, seed=cfg.seed, grad_clip=f.grad_clip,
-                       freeze_word_embeddings=f.freeze_word_embeddings)
+                       freeze_word_embeddings=f.freeze_word_embeddings, min_steps=f.min_steps)
     fp = _part_fingerprint(cfg, (*TRAIN_KEYS, "labeller_epochs", "labeller_lr"),
                            {"source": cfg.source.model, "source_config": source.config.to_json_string()})
     return _train_part(cfg, out, "labeller", fp, source.folder, labels, spec, train, dev, guard)
@@ -236,7 +236,7 @@ def ensure_distilled(cfg: RunConfig, out: Path, student_dir: Path, upstream: str
     spec = T.TrainSpec(lr=f.distil_lr, weight_decay=f.weight_decay, warmup_ratio=f.warmup_ratio,
                        epochs=f.distil_epochs, batch_size=f.batch_size, seed=f.students_seed(cfg.seed),
                        grad_clip=f.grad_clip,
-                       freeze_word_embeddings=f.freeze_word_embeddings)
+                       freeze_word_embeddings=f.freeze_word_embeddings, min_steps=f.min_steps)
     keys = (*TRAIN_KEYS, "student_seed", "distil_epochs", "distil_lr", "distil_temperature", "distil_alpha", "distil_augment",
             "distil_candidates", "similarity_band", "edit_rate", "neighbours", "embedder")
     fp = _part_fingerprint(cfg, keys, {"student": upstream,
@@ -264,7 +264,7 @@ def plain_spec(cfg: RunConfig) -> T.TrainSpec:
     f = cfg.finetune
     return T.TrainSpec(lr=f.lr, weight_decay=f.weight_decay, warmup_ratio=f.warmup_ratio, epochs=f.epochs,
                        batch_size=f.batch_size, seed=f.students_seed(cfg.seed), grad_clip=f.grad_clip,
-                       freeze_word_embeddings=f.freeze_word_embeddings)
+                       freeze_word_embeddings=f.freeze_word_embeddings, min_steps=f.min_steps)
 
 
 def make_transform(cfg: RunConfig, source: Any, labeller: Trained, guard: Guard) -> TextTransform:

@@ -85,6 +85,13 @@ class TrainSpec:
     seed: int
     grad_clip: float = 1.0
     freeze_word_embeddings: bool = True
+    min_steps: int = 0  # at least this many optimiser steps, however few the examples (more epochs)
+
+
+def planned_steps(spec: TrainSpec, n_batches: int) -> int:
+    """Optimiser steps of a fine-tune whose epoch is `n_batches` batches: ``epochs`` of them, at
+    least ``min_steps`` (a small training set gets more epochs, not a model that learned nothing)."""
+    return max(1, round(spec.epochs * n_batches), spec.min_steps)
 
 
 @dataclass
@@ -234,9 +241,11 @@ def fine_tune(model: Any, tokenizer: Any, examples: Sequence[Any], spec: TrainSp
     guard.check(examples, desc)
     data = encode(tokenizer, examples, seq_len)
     rng = np.random.default_rng(spec.seed)
-    epochs_whole = math.ceil(spec.epochs)
-    plan = [length_batches(data.lengths, spec.batch_size, rng) for _ in range(epochs_whole)]
-    steps = [b for epoch in plan for b in epoch][:max(1, round(spec.epochs * len(plan[0])))]
+    first_epoch = length_batches(data.lengths, spec.batch_size, rng)
+    total = planned_steps(spec, len(first_epoch))
+    plan = [first_epoch] + [length_batches(data.lengths, spec.batch_size, rng)
+                            for _ in range(math.ceil(total / len(first_epoch)) - 1)]
+    steps = [b for epoch in plan for b in epoch][:total]
     model.get_input_embeddings().weight.requires_grad_(not spec.freeze_word_embeddings)
     labels = torch.from_numpy(data.labels)
     targets = None if soft is None else torch.from_numpy(np.asarray(soft.probs, dtype=np.float32))

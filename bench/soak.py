@@ -25,6 +25,7 @@ import asyncio
 import collections
 import json
 import logging
+import os
 import statistics
 import sys
 import time
@@ -177,6 +178,7 @@ def summarise(tally: Tally, samples: list[tuple[float, float]], args: argparse.N
         "passed": failed == 0 and growth is not None and growth <= args.max_growth,
         "rss_samples_mb": [(round(t, 1), round(mb, 1)) for t, mb in samples],
         "cpu": cpu_info(), "command": " ".join(sys.argv),
+        "load_average_end": [round(x, 2) for x in os.getloadavg()],  # 1, 5, 15 min: other jobs on the cores
     }
 
 
@@ -194,7 +196,8 @@ def markdown(s: dict) -> str:
         f"| latency p50 / p95 / p99, ms | {lat['p50']} / {lat['p95']} / {lat['p99']} |",
         f"| server RSS after warm-up / end / peak, MiB | {rss['after_warmup']} / {rss['end']} / {rss['peak']} |",
         f"| RSS growth, end over warm-up (limit {100 * rss['max_growth']:.0f}%) | {growth} |",
-        f"| CPU | {s['cpu'].get('model')}, {s['cpu'].get('usable_cores')} usable cores |", "",
+        f"| CPU | {s['cpu'].get('model')}, {s['cpu'].get('usable_cores')} usable cores |",
+        f"| load average at the end (1 / 5 / 15 min) | {' / '.join(map(str, s.get('load_average_end', [])))} |", "",
         f"Command: `{s['command']}`", ""])
 
 

@@ -281,6 +281,11 @@ class FinetuneConfig(Section):
     batch_size: Int = Field(32, ge=1)
     eval_batch_size: Int = Field(128, ge=1)
     epochs: Num = Field(2.0, gt=0)  # plain fine-tune, and each theta's first Agora round
+    # Every fine-tune (labeller, plain, distil, each θ, Agora's rounds) takes at least this many
+    # optimiser steps: more epochs on a small training set. With the 2 epochs alone, a MiniLM
+    # labeller on 250 or 500 Rotten Tomatoes texts (16 or 32 steps) learned nothing (MCC 0, every
+    # seed: bench/results/agora_curve.md). Binds below batch_size * min_steps / epochs texts.
+    min_steps: Int = Field(300, ge=0)
     lr: Num = Field(5e-5, gt=0)
     weight_decay: Num = Field(0.01, ge=0)
     warmup_ratio: Num = Field(0.1, ge=0, lt=1)
@@ -298,9 +303,8 @@ class FinetuneConfig(Section):
     # baseline's by this many points. 33.3 is the paper's 2/3 on a balanced binary task (accuracy
     # (1 + MCC) / 2), and it is not met by a labeller barely above the majority rate of a skewed task.
     labeller_min_margin: Num = Field(100.0 / 3.0, ge=-100, le=100)
-    # Θ: a narrow student (the embedded default's 3/6/192/768) is under-trained by plain's 2 epochs
-    # at 5e-5; with 4 epochs at these rates Agora closes 51% of its gap on the student the default
-    # pretraining makes (57% on a 934-step one, 33% on a 460-step one; agora/README, "Measured").
+    # Θ: a narrow student (the embedded default's 3/6/192/768) was under-trained by plain's 2 epochs
+    # at 5e-5 in an earlier series (agora/README, "Measured"); Θ holds 4-epoch sets at higher rates.
     thetas: tuple[ThetaSet, ...] = Field(
         ("lr=1e-4,wd=0.01,warmup=0.1,epochs=4", "lr=2e-4,wd=0.01,warmup=0.1,epochs=4"), min_length=1,
         validate_default=True)

@@ -78,3 +78,26 @@ def test_a_killed_fine_tune_resumes_to_the_same_weights(tiny, tiny_source, tmp_p
     for key, value in resumed.state_dict().items():
         assert torch.equal(value, uninterrupted[key]), key
     assert not (tmp_path / "ck").exists()  # finished: checkpoints removed
+
+
+def test_a_small_training_set_gets_min_steps_not_a_fraction_of_an_epoch(tiny):
+    """64 texts at batch 8 are 8 steps an epoch: 3 epochs are 24 steps; a floor of 40 gives 40,
+    drawn from 5 shuffled epochs (the last one cut), and a floor below the epochs changes nothing."""
+    model, tokenizer = tiny
+    task = tiny_task(n_train=64)
+    assert T.planned_steps(SPEC, 8) == 24
+    assert T.planned_steps(T.TrainSpec(**{**SPEC.__dict__, "min_steps": 40}), 8) == 40
+    assert T.planned_steps(T.TrainSpec(**{**SPEC.__dict__, "min_steps": 10}), 8) == 24
+    floored = T.TrainSpec(**{**SPEC.__dict__, "min_steps": 40})
+    assert T.fine_tune(model, tokenizer, task.train, floored, 32, Guard(task.test))["steps"] == 40
+
+
+def test_the_default_min_steps_binds_only_on_small_training_sets():
+    from bort import config as C
+
+    f = C.resolve([], []).finetune
+    assert f.min_steps > 0
+    full_rt = 10_200 // f.batch_size  # Rotten Tomatoes' training split: the floor does not change its recipe
+    assert T.planned_steps(T.TrainSpec(f.labeller_lr, 0, 0, f.labeller_epochs, f.batch_size, 0,
+                                       min_steps=f.min_steps), full_rt) == round(f.labeller_epochs * full_rt)
+    assert C.resolve(["quick"], []).finetune.min_steps == 0 and C.resolve(["tiny"], []).finetune.min_steps == 0
