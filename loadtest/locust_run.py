@@ -64,7 +64,7 @@ def api_key() -> str:
 def locust_env(profile: Profile, texts_file: Path, samples_prefix: Path) -> dict[str, str]:
     """The environment variables the locustfile reads (see its docstring)."""
     return {"BORT_LOADTEST_API_KEY": api_key(),
-        "BORT_LOADTEST_TEXTS": str(texts_file), "BORT_LOADTEST_SAMPLES": str(samples_prefix),
+        "BORT_LOADTEST_TEXTS": str(Path(texts_file).resolve()), "BORT_LOADTEST_SAMPLES": str(Path(samples_prefix).resolve()),
         "BORT_LOADTEST_WARMUP_S": str(profile.warmup_s), "BORT_LOADTEST_MODE": profile.mode,
         "BORT_LOADTEST_TARGET_RPS": str(profile.target_rps), "BORT_LOADTEST_USERS": str(profile.users),
         "BORT_LOADTEST_THINK_S": str(profile.think_time_s), "BORT_LOADTEST_SEED": str(profile.seed),

@@ -61,7 +61,8 @@ def measure_model(plan: ModelPlan, profiles: list[Profile], texts_file: Path, ra
     levels: dict[str, Any] = {}
     call_log = raw_dir / f"{plan.role}_calls.csv"
     call_log.unlink(missing_ok=True)
-    spec = dataclasses.replace(plan.spec, env={**plan.spec.env, ceiling.CALL_LOG_ENV: str(call_log)})
+    # absolute: the server runs in the package's directory, not the caller's (a relative run folder)
+    spec = dataclasses.replace(plan.spec, env={**plan.spec.env, ceiling.CALL_LOG_ENV: str(call_log.resolve())})
     windows: dict[str, tuple[float, float]] = {}
     with serving(spec, raw_dir / f"{plan.role}_server.log", server_cpus) as running:
         ready_s = running.ready_s

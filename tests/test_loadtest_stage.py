@@ -189,3 +189,29 @@ def test_embedded_default_minilm_on_rotten_tomatoes(tmp_path, minilm_dir, starte
     assert m["failures"] == 0
     assert all(m["models"][role][users]["requests"] > 10 for role in ("baseline", "optimized") for users in ("1", "2"))
     assert_none_survives(started_services)
+
+
+def test_the_call_log_a_server_writes_is_named_absolutely(tmp_path, monkeypatch):
+    """bort serve runs in the package's directory: a path relative to the caller's (CI's wheel
+    check runs `bort run --run-dir tiny-run`) would name a folder that does not exist there."""
+    import contextlib
+
+    from loadtest import measure
+
+    seen = {}
+
+    @contextlib.contextmanager
+    def serving(spec, log_path, cpus):
+        seen.update(spec.env)
+        raise RuntimeError("stop here")
+        yield
+
+    monkeypatch.setattr(measure, "serving", serving)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "raw").mkdir()
+    plan = measure.ModelPlan("optimized", processes.ServiceSpec(name="x", command=("true",), port=1), "x")
+    with pytest.raises(RuntimeError, match="stop here"):
+        measure.measure_model(plan, [], Path("texts.json"), Path("raw"))
+    from loadtest import ceiling
+
+    assert seen[ceiling.CALL_LOG_ENV] == str(tmp_path.resolve() / "raw" / "optimized_calls.csv")
