@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from agora.guard import Guard, text_key
 
@@ -281,8 +282,10 @@ def sentence_embedder(encoder: Any, tokenizer: Any, seq_len: int,
         ids = tokenizer(texts, truncation=True, max_length=seq_len, padding=False)["input_ids"]
         data = _Ids(ids)
         out = np.zeros((len(texts), encoder.config.hidden_size), dtype=np.float32)
-        with torch.inference_mode(), on_device(encoder):
-            for idx in length_batches(np.array([len(x) for x in ids]), batch_size, rng=None):
+        batches = length_batches(np.array([len(x) for x in ids]), batch_size, rng=None)
+        with torch.inference_mode(), on_device(encoder):  # a bar where it takes minutes (a base-size labeller)
+            for idx in tqdm(batches, desc="G: sentence embeddings", unit="batch", leave=False, mininterval=2.0,
+                            disable=len(texts) < 2000):
                 batch = to_device(collate(data, idx, tokenizer.pad_token_id))
                 hidden = encoder(**batch).last_hidden_state  # (batch, len, H)
                 out[idx] = mean_pool(hidden, batch["attention_mask"]).cpu().numpy()
