@@ -499,7 +499,7 @@ class LoadtestConfig(Section):
     duration_s: Int = Field(30, ge=1)  # measured seconds per run, after the warm-up
     warmup_s: Int = Field(5, ge=0)  # excluded from the figures
     # source_onnx | source_torch | shape:L/A/H/I (random weights: speed only)
-    baseline: Str = Field("source_onnx", pattern=r"^(source_onnx|source_torch|shape:.*)$")
+    baseline: Str = Field("source_onnx", pattern=r"^(source_onnx|source_deployed|source_torch|shape:.*)$")
     port: Int = Field(3100, ge=1, le=65535)  # both services, one after the other, on 127.0.0.1
     mode: Literal["closed", "open"] = "closed"  # closed: next request when the last returns | open: constant rate
     target_rps: Num = Field(0.0, ge=0)  # open mode: total requests/s over all users

@@ -132,7 +132,11 @@ def accuracies(finetune: Manifest, export: Manifest) -> dict[str, Any]:
                          f"{parity:.1e} logits" if parity is not None else "labeller test accuracy (PyTorch)")
     scores = {role: ((roles.get(role) or {}).get("test_scores") or {}).get(p)
               for role, p in (("optimized", precision), ("baseline", "fp32"))}
+    base_precision = (ex.get("deployed") or {}).get("baseline", "fp32")
+    base_served = ((roles.get("baseline") or {}).get("test_accuracy") or {}).get(base_precision)
     return {
+        "labeller_deployed": base_served, "labeller_deployed_precision": base_precision,
+        "labeller_deployed_scores": ((roles.get("baseline") or {}).get("test_scores") or {}).get(base_precision),
         "optimized": served if served is not None else accuracy.get(deploy), "optimized_name": deploy,
         "optimized_precision": precision, "optimized_note": note, "labeller": labeller,
         "labeller_note": labeller_note, "labeller_pytorch": accuracy.get("labeller"),

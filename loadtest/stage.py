@@ -7,6 +7,8 @@ and stopped by process group whatever happens. Baselines (``loadtest.baseline``)
 
 - ``source_onnx``: the labeller (the source model fine-tuned on the task) as exported to ONNX
   fp32, served by the same server code;
+- ``source_deployed``: the labeller at the precision ``bort export`` deployed for it on this CPU
+  (int8 where that is accurate and faster): like for like with the student;
 - ``source_torch``: the same labeller served in PyTorch (:mod:`loadtest.torch_service`);
 - ``shape:L/A/H/I``: an architecture at random weights, ONNX fp32: **speed only**.
 
@@ -158,6 +160,14 @@ def plan_services(cfg: RunConfig, run_dir: Path, out: Path, upstream: dict[str, 
                          spec=S.folder_spec("baseline", folder, port, config_file, timeout, host=cfg.loadtest.host),
                          accuracy=acc["labeller"], accuracy_note=acc["labeller_note"], scores=acc["labeller_scores"],
                          folder=folder)
+    elif baseline == "source_deployed":  # like for like: the labeller at the precision export deployed for it
+        folder = S.deployed_folder(upstream["export"], "baseline")
+        precision = acc["labeller_deployed_precision"]
+        plan = ModelPlan(role="baseline", label=f"source (labeller, ONNX {precision})",
+                         spec=S.folder_spec("baseline", folder, port, config_file, timeout, host=cfg.loadtest.host),
+                         accuracy=acc["labeller_deployed"],
+                         accuracy_note=f"labeller test accuracy as served (ONNX {precision})",
+                         scores=acc["labeller_deployed_scores"], folder=folder)
     elif baseline == "source_torch":
         if task.is_pair:
             raise ConfigError("loadtest.baseline=source_torch serves single-text tasks only; "

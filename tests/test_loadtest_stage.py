@@ -215,3 +215,22 @@ def test_the_call_log_a_server_writes_is_named_absolutely(tmp_path, monkeypatch)
     from loadtest import ceiling
 
     assert seen[ceiling.CALL_LOG_ENV] == str(tmp_path.resolve() / "raw" / "optimized_calls.csv")
+
+
+def test_source_deployed_serves_the_labeller_at_the_precision_export_deployed_for_it(tmp_path):
+    """Like for like: the student as deployed against the labeller as deployed (here int8_static)."""
+    cfg = tiny_cfg(tmp_path, "loadtest.baseline=source_deployed")
+    fake_upstream(cfg, tmp_path)
+    export = tmp_path / "export"
+    (export / "baseline" / "int8_static").mkdir(parents=True)
+    (export / "baseline" / "int8_static" / "serving.json").write_text(json.dumps({"precision": "int8_static"}))
+    (export / "deployed.json").write_text(json.dumps({"baseline": {"folder": "baseline/int8_static"},
+                                                      "optimized": {"folder": "optimized/int8"}}))
+    artifacts.write_manifest(tmp_path, "export", cfg, fingerprint="ex", metrics={
+        "deployed": {"optimized": "int8", "baseline": "int8_static"},
+        "roles": {"baseline": {"test_accuracy": {"fp32": 0.84, "int8_static": 0.835}}}})
+    upstream = {name: artifacts.read_manifest(tmp_path, name) for name in stage.UPSTREAM}
+    baseline, _ = stage.plan_services(cfg, tmp_path, tmp_path / "loadtest", upstream)
+    assert baseline.folder == export / "baseline" / "int8_static"
+    assert baseline.label == "source (labeller, ONNX int8_static)" and baseline.accuracy == 0.835
+    assert baseline.spec.command[-2:] == ("--model-dir", str((export / "baseline" / "int8_static").resolve()))
