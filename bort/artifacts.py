@@ -84,6 +84,18 @@ def cpu_info() -> dict[str, Any]:
     }
 
 
+def busy_warning(what: str) -> str | None:
+    """One line when other work shares the cores (psutil's 1-minute load average above the usable
+    cores), else None: timings taken now come out inflated."""
+    import psutil
+
+    load, cores = psutil.getloadavg()[0], cpu_info()["usable_cores"] or os.cpu_count() or 1
+    if load <= cores:
+        return None
+    return (f"the machine is busy (load average {load:.1f} over the last minute on {cores} usable cores): "
+            f"{what} measured now come out inflated")
+
+
 def library_versions() -> dict[str, str]:
     """Versions of the libraries whose behaviour shapes results (only those installed)."""
     from importlib import metadata

@@ -19,6 +19,7 @@ from typing import Any
 
 from bort.artifacts import (
     Manifest,
+    busy_warning,
     cpu_info,
     is_up_to_date,
     read_manifest,
@@ -50,6 +51,10 @@ def latency_function(cfg: RunConfig, source: Source, task: Any) -> tuple[Any, La
     predicted served latency (``served``: the model at the task's median length plus the service's
     fixed cost, measured once on this machine; :mod:`optimize.served`)."""
     opt = cfg.optimize
+    warning = busy_warning("the latencies the search measures and caches for this machine")
+    if warning:
+        log.warning("%s; run `bort optimize` on a quiet machine (cached figures are reused: remove "
+                    "$BORT_CACHE/latency to measure again)", warning)
     texts = [e.text if e.text_pair is None else (e.text, e.text_pair) for e in task.train]
     precision, decision = search_precision(opt, source, texts, cfg.seed)  # optimize.precision=auto resolved
     settings = LatencySettings.from_config(opt, precision)

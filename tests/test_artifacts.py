@@ -55,3 +55,16 @@ def test_atomic_write_leaves_no_temp_files(tmp_path):
     A.atomic_write_json(tmp_path / "x.json", {"a": 2})
     assert json.loads((tmp_path / "x.json").read_text()) == {"a": 2}
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_busy_warning_names_the_load_and_the_cores(monkeypatch):
+    import psutil
+
+    from bort.artifacts import busy_warning, cpu_info
+
+    cores = cpu_info()["usable_cores"]
+    monkeypatch.setattr(psutil, "getloadavg", lambda: (cores + 3.0, 0.0, 0.0))
+    line = busy_warning("latencies")
+    assert line is not None and f"on {cores} usable cores" in line and "latencies measured now" in line
+    monkeypatch.setattr(psutil, "getloadavg", lambda: (cores - 0.5, 9.0, 9.0))
+    assert busy_warning("latencies") is None
