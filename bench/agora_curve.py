@@ -238,7 +238,7 @@ def summarise(cells: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def markdown(summary: dict[str, Any], args: argparse.Namespace) -> str:
+def markdown(summary: dict[str, Any], args: argparse.Namespace, cells: list[dict[str, Any]] | None = None) -> str:
     lines = ["# Agora against training size: test accuracy (%), mean ± std over seeds", "",
              f"Student `{args.student_dir or 'extract (MiniLM-L6 layers 0/2/5)'}`; profile `{args.profile}`; "
              f"overrides {args.set or 'none'}; dev capped at max(train, {args.min_dev}); test whole and untouched. "
@@ -259,6 +259,14 @@ def markdown(summary: dict[str, Any], args: argparse.Namespace) -> str:
         diffs = " | ".join(", ".join(f"{d:+.2f}" for d in row["agora_minus"][a])
                            for a in ("plain", "enumeration", "identity", "random_dev", "more_epochs", "extra_seeds"))
         lines.append(f"| {row['task']} | {row['size']} | {diffs} |")
+    refused = [c for c in cells or [] if c.get("error")]
+    if refused:  # a cell that stopped says why, so a table without its row is not read as a missing run
+        lines += ["", "Cells without a result (the labeller's test figures, and why the cell stopped):", "",
+                  "| task | train | seed | labeller accuracy | labeller MCC | stopped because |", "|---|---|---|---|---|---|"]
+        for c in sorted(refused, key=lambda c: (c["task"], c["size"], c["seed"])):
+            lab = c.get("test", {}).get("labeller", {})
+            acc, mcc = (f"{100 * lab[k]:.2f}" if k in lab else "" for k in ("accuracy", "mcc"))
+            lines.append(f"| {c['task']} | {c['size']} | {c['seed']} | {acc} | {mcc} | {c['error'].split(': the labeller (')[0]} |")
     return "\n".join(lines) + "\n"
 
 
@@ -314,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
                 suffix = f"-{args.tag}" if args.tag else ""
                 atomic_write_json(RESULTS / f"agora_curve{suffix}.json", {"args": vars(args), "cells": cells,
                                                                           "summary": summary})
-                atomic_write_text(RESULTS / f"agora_curve{suffix}.md", markdown(summary, args))
+                atomic_write_text(RESULTS / f"agora_curve{suffix}.md", markdown(summary, args, cells))
                 if summary:
                     plot(summary, RESULTS / f"agora_curve{suffix}.png")
     return 0
