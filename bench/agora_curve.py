@@ -238,7 +238,7 @@ def summarise(cells: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def markdown(summary: dict[str, Any], args: argparse.Namespace, cells: list[dict[str, Any]] | None = None) -> str:
+def markdown(summary: dict[str, Any], args: argparse.Namespace, stopped: list[dict[str, Any]] | None = None) -> str:
     lines = ["# Agora against training size: test accuracy (%), mean ± std over seeds", "",
              f"Student `{args.student_dir or 'extract (MiniLM-L6 layers 0/2/5)'}`; profile `{args.profile}`; "
              f"overrides {args.set or 'none'}; dev capped at max(train, {args.min_dev}); test whole and untouched. "
@@ -259,7 +259,7 @@ def markdown(summary: dict[str, Any], args: argparse.Namespace, cells: list[dict
         diffs = " | ".join(", ".join(f"{d:+.2f}" for d in row["agora_minus"][a])
                            for a in ("plain", "enumeration", "identity", "random_dev", "more_epochs", "extra_seeds"))
         lines.append(f"| {row['task']} | {row['size']} | {diffs} |")
-    refused = [c for c in cells or [] if c.get("error")]
+    refused = [c for c in stopped or [] if c.get("error")]
     if refused:  # a cell that stopped says why, so a table without its row is not read as a missing run
         lines += ["", "Cells without a result (the labeller's test figures, and why the cell stopped):", "",
                   "| task | train | seed | labeller accuracy | labeller MCC | stopped because |", "|---|---|---|---|---|---|"]
