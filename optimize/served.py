@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 
 from bort import processes
 from bort.artifacts import atomic_write_json, sha256_file
@@ -61,6 +62,7 @@ class FixedCost:
     num_threads: int
     key: str = ""
     measured_at: str = ""
+    load_avg_1m: float | None = None  # the machine's load when measured: a busy probe reads high
 
 
 def token_lengths(tokenizer: Any, texts: list[Any], cap: int) -> np.ndarray:
@@ -132,7 +134,7 @@ def measure_fixed_cost(source: Source, texts: list[str], num_threads: int, key: 
     fixed = np.asarray(client) - np.asarray(model_ms)
     cost = FixedCost(round(float(np.median(fixed)), 4), round(float(np.percentile(fixed, 90)), 4),
                      round(float(np.median(client)), 4), round(float(np.median(model_ms)), 4), len(client),
-                     num_threads, key, time.strftime("%Y-%m-%dT%H:%M:%S"))
+                     num_threads, key, time.strftime("%Y-%m-%dT%H:%M:%S"), round(psutil.getloadavg()[0], 2))
     log.info("served latency: fixed cost %.2f ms per request (client p50 %.2f ms, model %.2f ms, %d requests)",
              cost.fixed_p50_ms, cost.client_p50_ms, cost.model_p50_ms, cost.requests)
     return cost

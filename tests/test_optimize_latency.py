@@ -38,6 +38,7 @@ def test_meter_measures_once_paired_with_the_reference(tmp_path, precision):
     assert meter.measured == 2  # the reference standalone, then the candidate beside it
     assert record["p50_ms"] > 0 and len(record["samples_ms"]) == len(record["ref_samples_ms"]) == 4
     assert record["p10_ms"] <= record["p50_ms"] <= record["p90_ms"] <= record["p99_ms"]
+    assert record["load_avg_1m"] >= 0  # the load it was measured under travels with the record
     assert record["ratio_to_reference"] == pytest.approx(record["p50_ms"] / meter.reference_ms(), rel=0.5)
     again = LatencyMeter("bert", settings, cache_path=tmp_path / "lat.jsonl", hw="testhw", reference=ref)
     assert again(cand)["p50_ms"] == record["p50_ms"] and again.measured == 0
