@@ -51,6 +51,18 @@ from runtime.session import SERVING_FILE
 
 log = logging.getLogger(__name__)
 
+
+class _NoTiedWeightsNote(logging.Filter):
+    """Drops Optimum's note that its tied-weight deduplication needs accelerate: a sequence
+    classifier ties no weights, so the skipped check has nothing to do, and the search exports
+    dozens of candidates (one note each)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Weight deduplication check" not in record.getMessage()
+
+
+logging.getLogger("optimum.exporters.onnx.base").addFilter(_NoTiedWeightsNote())
+
 QUANTIZATION_TARGETS = ("avx512_vnni", "avx512", "avx2", "arm64")
 # What a folder holds: fp32, dynamic int8 (the name it has always had) or calibrated static int8.
 PRECISIONS = ("fp32", "int8", "int8_static")

@@ -91,3 +91,15 @@ def test_static_int8_quantises_weight_matmuls_and_can_keep_the_ffn_outputs_fp32(
     assert len(every) == 6 * TINY_ARCH[0]  # q, k, v, attention output, FFN in and out per layer; no act x act
     assert sorted(set(every) - set(kept)) == [f"/bert/encoder/layer.{i}/output/dense/MatMul" for i in range(TINY_ARCH[0])]
     assert any("attention/output/dense" in n for n in kept)
+
+
+def test_optimums_tied_weights_note_is_dropped_for_classifiers(caplog):
+    import logging
+
+    import runtime.recipe  # noqa: F401  (installs the filter)
+
+    logger = logging.getLogger("optimum.exporters.onnx.base")
+    with caplog.at_level(logging.WARNING, logger=logger.name):
+        logger.warning("Weight deduplication check in the ONNX export requires accelerate. Please install it.")
+        logger.warning("another warning")
+    assert [r.getMessage() for r in caplog.records] == ["another warning"]
