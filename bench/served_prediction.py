@@ -22,7 +22,6 @@ Writes ``bench/results/served_prediction[-TAG].{json,md}``. Run after ``bort run
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import tempfile
@@ -52,19 +51,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def fresh_fixed_cost(run_dir: Path, source: Any, num_threads: int, seed: int) -> float:
-    """The service's fixed cost measured now, with the texts the search's probe sent (the run's training texts)."""
-    import random
-
+def fresh_fixed_cost(run_dir: Path, source: Any, num_threads: int, seed: int, cache: Path) -> float:
+    """The service's fixed cost measured now (an empty cache), with the texts the search's probe sent."""
+    from bort.data import load_prepared
     from optimize import served
 
-    texts = [json.loads(line)["text"] for line in (run_dir / "data" / "train.jsonl").read_text(encoding="utf-8").split("\n") if line]
-    rng = random.Random(seed)
-    sample = [t for t in rng.sample(texts, min(len(texts), served.PROBE_REQUESTS)) if t.strip()]
-    return served.measure_fixed_cost(source, sample, num_threads).fixed_p50_ms
+    texts = [e.text for e in load_prepared(run_dir).train]
+    return served.fixed_cost(source, texts, num_threads, cache, hw="fresh", seed=seed).fixed_p50_ms
 
 
-def predictions(run_dir: Path, timed_runs: int, fresh: bool = False) -> list[dict[str, Any]]:
+def predictions(run_dir: Path, timed_runs: int, fresh_dir: Path | None = None) -> list[dict[str, Any]]:
     """The predicted served p50 of the deployed student and of the source, at the precisions served."""
     from optimize.latency import LatencyMeter, LatencySettings
 
@@ -76,9 +72,9 @@ def predictions(run_dir: Path, timed_runs: int, fresh: bool = False) -> list[dic
     source = resolve_source(opt.config["source"]["model"])
     fixed, length = float(o["fixed_ms"]), int(o["median_tokens"])
     cache = None
-    if fresh:
-        fixed = fresh_fixed_cost(run_dir, source, cfg["num_threads"], int(opt.config.get("seed", 0)))
-        cache = Path(tempfile.mkdtemp(prefix="bort-served-prediction-")) / "latency.jsonl"
+    if fresh_dir is not None:  # measured now into an empty cache, not read from the search's
+        fixed = fresh_fixed_cost(run_dir, source, cfg["num_threads"], int(opt.config.get("seed", 0)), fresh_dir)
+        cache = fresh_dir / "latency.jsonl"
     deployed = (export.metrics.get("deployed") or {}).get("optimized", "fp32")
     rows = []
     for role, arch, precision in (("optimized", Arch.parse(o["chosen"]), deployed),
@@ -130,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     run_dir = Path(args.run_dir)
     started = time.time()
-    rows = compare(predictions(run_dir, args.timed_runs, args.fresh), read_manifest(run_dir, "loadtest").metrics)
+    with tempfile.TemporaryDirectory(prefix="bort-served-prediction-") as fresh_dir:
+        rows = compare(predictions(run_dir, args.timed_runs, Path(fresh_dir) if args.fresh else None),
+                       read_manifest(run_dir, "loadtest").metrics)
     o = read_manifest(run_dir, "optimize").metrics
     result = {"run_dir": str(run_dir), "rows": rows, "fixed_ms": rows[0]["fixed_ms"], "searched_fixed_ms": o["fixed_ms"],
               "fresh": args.fresh, "median_tokens": o["median_tokens"],

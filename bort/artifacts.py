@@ -84,12 +84,17 @@ def cpu_info() -> dict[str, Any]:
     }
 
 
-def busy_warning(what: str) -> str | None:
-    """One line when other work shares the cores (psutil's 1-minute load average above the usable
-    cores), else None: timings taken now come out inflated."""
+def load_average() -> float:
+    """The machine's 1-minute load average (psutil), as recorded beside timings."""
     import psutil
 
-    load, cores = psutil.getloadavg()[0], cpu_info()["usable_cores"] or os.cpu_count() or 1
+    return round(psutil.getloadavg()[0], 2)
+
+
+def busy_warning(what: str) -> str | None:
+    """One line when other work shares the cores (the 1-minute load average above the usable
+    cores), else None: timings taken now come out inflated."""
+    load, cores = load_average(), cpu_info()["usable_cores"] or os.cpu_count() or 1
     if load <= cores:
         return None
     return (f"the machine is busy (load average {load:.1f} over the last minute on {cores} usable cores): "

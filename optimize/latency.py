@@ -28,9 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 
-from bort.artifacts import hardware_fingerprint
+from bort.artifacts import hardware_fingerprint, load_average
 from bort.families import Arch, default_vocab
 from optimize import timing
 from runtime import recipe
@@ -242,7 +241,7 @@ class LatencyMeter:
                   **timing.summarize(cand, "raw_"), "exporter": timing.EXPORTER,
                   "recipe": self.settings.recipe_key(), "build_s": round(build_s, 2),
                   "total_s": round(time.time() - started, 2), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                  "load_avg_1m": round(psutil.getloadavg()[0], 2),  # a busy machine's records can be told apart
+                  "load_avg_1m": load_average(),  # a busy machine's records can be told apart
                   "pid": os.getpid()}
         self.cache.put(record)
         self.measured += 1

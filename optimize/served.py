@@ -35,10 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 
 from bort import processes
-from bort.artifacts import atomic_write_json, sha256_file
+from bort.artifacts import atomic_write_json, load_average, sha256_file
 from bort.families import Arch, Source
 
 log = logging.getLogger(__name__)
@@ -134,7 +133,7 @@ def measure_fixed_cost(source: Source, texts: list[str], num_threads: int, key: 
     fixed = np.asarray(client) - np.asarray(model_ms)
     cost = FixedCost(round(float(np.median(fixed)), 4), round(float(np.percentile(fixed, 90)), 4),
                      round(float(np.median(client)), 4), round(float(np.median(model_ms)), 4), len(client),
-                     num_threads, key, time.strftime("%Y-%m-%dT%H:%M:%S"), round(psutil.getloadavg()[0], 2))
+                     num_threads, key, time.strftime("%Y-%m-%dT%H:%M:%S"), load_average())
     log.info("served latency: fixed cost %.2f ms per request (client p50 %.2f ms, model %.2f ms, %d requests)",
              cost.fixed_p50_ms, cost.client_p50_ms, cost.model_p50_ms, cost.requests)
     return cost
