@@ -125,13 +125,16 @@ class DevSplit:
     select: np.ndarray
 
 
-def dev_split(dev: Sequence[Example], holdout: float, seed: int) -> DevSplit:
-    """Hold ``holdout`` of dev apart for selection, stratified by label and seeded; 0: no split.
+SELECTION_SALT, CHOICE_SALT = 0x5E1EC7, 0xC401CE  # the loop's selection rows; the stage's deploy-choice rows
+
+
+def dev_split(dev: Sequence[Example], holdout: float, seed: int, salt: int = SELECTION_SALT) -> DevSplit:
+    """Hold ``holdout`` of dev apart (``select``), stratified by label and seeded; 0: no split.
     Every label keeps at least one row on each side when it has two or more."""
     everything = np.arange(len(dev))
     if holdout <= 0:
         return DevSplit(everything, everything)
-    rng = np.random.default_rng([seed, 0x5E1EC7])
+    rng = np.random.default_rng([seed, salt])
     labels = np.array([e.label for e in dev])
     select = []
     for label in np.unique(labels):

@@ -70,6 +70,7 @@ def write_report(folder: Path, metrics: dict[str, Any], rows: list[dict[str, Any
     lines = [
         f"# Fine-tuning report: {metrics['task']}", "",
         f"Deployed model: **{metrics['deploy']}** ({metrics['deploy_reason']}).", "",
+        f"Recipe: {metrics['recipe']['why']}.", "",
         f"Models are picked by dev **{names[metric]}**: {metrics['metric_reason']}. The deploy gate "
         f"(`bort export`) reads {metrics['deploy']}'s dev {names[metric]} "
         f"{_pct(gate['dev'][metric])} against the majority baseline's {_pct(gate['majority'][metric])} "
@@ -78,23 +79,27 @@ def write_report(folder: Path, metrics: dict[str, Any], rows: list[dict[str, Any
         "Test scores are measured on the test split, which no model trained or was selected on "
         "(enforced by `agora.guard.Guard`). Dev scores of Agora are optimistic: its new points are "
         "perturbations of dev mistakes.", "",
-        "| model | " + " | ".join(f"test {names[c]}" for c in cols) + f" | dev {names[metric]} | seconds |",
-        "|---|" + "---|" * (len(cols) + 2),
+        "| model | " + " | ".join(f"test {names[c]}" for c in cols) + f" | dev {names[metric]} | "
+        f"held-out dev {names[metric]} | seconds |",
+        "|---|" + "---|" * (len(cols) + 3),
     ]
+    held = metrics.get("choice", {})
     for name in [n for n in ("labeller", "plain", "distil", "agora") if n in metrics["test"]]:
         lines.append(f"| {name} | " + " | ".join(_pct(metrics["test"][name][c]) for c in cols) +
-                     f" | {_pct(metrics['dev'][name][metric])} | {metrics['seconds'][name]} |")
+                     f" | {_pct(metrics['dev'][name][metric])} | {_pct(held.get(name, {}).get(metric))} | "
+                     f"{metrics['seconds'][name]} |")
     enum = metrics["enumeration"]
     lines.append("| Θ enumeration (round 1 only, no new points) | " +
-                 " | ".join(_pct(enum.get(c)) for c in cols) + " | | |")
+                 " | ".join(_pct(enum.get(c)) for c in cols) + " | | | |")
     if "ablation" in metrics:
         ab = metrics["ablation"]
         lines.append("| Agora's path without its new points (more epochs only) | " +
-                     " | ".join(_pct(ab.get(c)) for c in cols) + f" | {_pct(ab['dev'].get(metric))} | {ab['seconds']} |")
+                     " | ".join(_pct(ab.get(c)) for c in cols) + f" | {_pct(ab['dev'].get(metric))} | | "
+                     f"{ab['seconds']} |")
     for base, label in (("majority", "always the majority class"), ("stratified", "stratified random (expected)")):
         lines.append(f"| *baseline: {label}* | " +
                      " | ".join(_pct(metrics["baselines"]["test"][base][c]) for c in cols) +
-                     f" | {_pct(metrics['baselines']['dev'][base][metric])} | |")
+                     f" | {_pct(metrics['baselines']['dev'][base][metric])} | | |")
     lines += [
         "",
         f"Gap closed by Agora: {metrics['gap_closed_text']}.", "",

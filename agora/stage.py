@@ -82,11 +82,14 @@ def run(cfg: RunConfig, run_dir: Path, args: Any = None) -> Manifest:
     (out / MANIFEST).unlink(missing_ok=True)  # a half-done rerun must not look finished
     task = data.load_prepared(run_dir)
     guard = Guard(task.test)
-    train, dev = guard.filter(task.train, "train"), guard.filter(task.dev, "dev")
+    train, whole_dev = guard.filter(task.train, "train"), guard.filter(task.dev, "dev")
+    dev, choice = split_choice(whole_dev, cfg)
     source = F.resolve_source(cfg.source.model)
-    judge = Judge.for_task(cfg, task, dev)
+    judge = Judge.for_task(cfg, task, whole_dev)
     log.info("finetune: models are picked by dev %s (%s)", judge.metric, judge.why)
-    labeller = ensure_labeller(cfg, out, source, task.labels, train, dev, guard)
+    recipe = choose_recipe(cfg, len(train), len(choice))
+    log.info("finetune recipe: %s", recipe["why"])
+    labeller = ensure_labeller(cfg, out, source, task.labels, train, whole_dev, guard)
     labeller_gate = check_labeller(labeller, cfg, judge)
     plain = ensure_plain(cfg, out, student_dir, upstream, task.labels, train, dev, guard)
     transform = make_transform(cfg, source, labeller, guard)
@@ -97,11 +100,13 @@ def run(cfg: RunConfig, run_dir: Path, args: Any = None) -> Manifest:
     agora_started = time.time()
     inputs = agora_inputs(cfg, student_dir, task.labels, train, dev, guard, labeller, plain, judge.metric,
                            transform)
-    result = loop.run_agora(inputs, cfg, out / "checkpoints" / "agora", fingerprint)
+    loop_cfg = cfg if recipe["agora_loop"] else cfg.model_copy(
+        update={"finetune": cfg.finetune.model_copy(update={"max_rounds": 1})})  # round 1: Θ enumeration
+    result = loop.run_agora(inputs, loop_cfg, out / "checkpoints" / "agora", fingerprint)
     T.save_classifier(result.model, plain.tokenizer, out / "models" / "agora")
     trained["agora"] = Trained(result.model, plain.tokenizer, result.dev, round(time.time() - agora_started, 1))
-    facts = _metrics(cfg, task, trained, result, guard, judge)
-    facts["labeller_gate"] = labeller_gate
+    facts = _metrics(cfg, task, trained, result, guard, judge, choice)
+    facts["labeller_gate"], facts["recipe"] = labeller_gate, recipe
     if cfg.finetune.ablation:
         facts["ablation"] = _ablation(cfg, inputs, result, task.test)
     facts["seconds"]["total"] = round(time.time() - started, 1)
@@ -113,6 +118,34 @@ def run(cfg: RunConfig, run_dir: Path, args: Any = None) -> Manifest:
                               inputs={"pretrain": upstream}, started=started)
     shutil.rmtree(out / "checkpoints" / "agora", ignore_errors=True)  # done: the models are in models/
     return manifest
+
+
+def split_choice(dev: list, cfg: RunConfig) -> tuple[list, list]:
+    """Dev for the students' training and selection, and the rows held apart for the deploy choice
+    (``finetune.choice_holdout`` of dev, stratified and seeded; none when it is 0)."""
+    if cfg.finetune.choice_holdout <= 0:
+        return dev, []
+    split = loop.dev_split(dev, cfg.finetune.choice_holdout, cfg.seed, salt=loop.CHOICE_SALT)
+    return [dev[i] for i in split.mine], [dev[i] for i in split.select]
+
+
+def choose_recipe(cfg: RunConfig, n_train: int, n_choice: int) -> dict[str, Any]:
+    """Whether Agora's rounds after the first run (``finetune.agora_loop``), and the sentence that
+    says why; the report and the log carry it."""
+    f = cfg.finetune
+    on = f.agora_loop == "on" or (f.agora_loop == "auto" and n_train < f.loop_below)
+    if f.agora_loop != "auto":
+        why = f"Agora's loop {'on' if on else 'off'} (finetune.agora_loop={f.agora_loop})"
+    elif on:
+        why = (f"Agora's loop on: {n_train} training texts, below finetune.loop_below={f.loop_below}, where "
+               "its points measured ahead of Θ enumeration (bench/results/agora_curve-min300.md)")
+    else:
+        why = (f"Agora's loop off, its model is Θ enumeration (round 1): {n_train} training texts, at least "
+               f"finetune.loop_below={f.loop_below}; at 500 texts and at the full task its points added nothing "
+               "over enumeration (bench/results/agora_curve-min300.md, run-default.md)")
+    chosen = ("the deploy choice is made on %d held-out dev texts no student trained, mined or was "
+              "selected on" % n_choice) if n_choice else "the deploy choice reads each student's own dev score"
+    return {"agora_loop": on, "choice_texts": n_choice, "why": f"{why}; {chosen}"}
 
 
 def locate_student(cfg: RunConfig, run_dir: Path) -> tuple[Path, str]:
@@ -223,7 +256,7 @@ def ensure_plain(cfg: RunConfig, out: Path, student_dir: Path, upstream: str, la
                  dev: list, guard: Guard) -> Trained:
     """The control: the student fine-tuned on the training split alone (cached like the labeller)."""
     spec = plain_spec(cfg)
-    fp = _part_fingerprint(cfg, (*TRAIN_KEYS, "epochs", "lr", "student_seed"), {"student": upstream})
+    fp = _part_fingerprint(cfg, (*TRAIN_KEYS, "epochs", "lr", "student_seed", "choice_holdout"), {"student": upstream})
     return _train_part(cfg, out, "plain", fp, student_dir, labels, spec, train, dev, guard)
 
 
@@ -237,7 +270,7 @@ def ensure_distilled(cfg: RunConfig, out: Path, student_dir: Path, upstream: str
                        epochs=f.distil_epochs, batch_size=f.batch_size, seed=f.students_seed(cfg.seed),
                        grad_clip=f.grad_clip,
                        freeze_word_embeddings=f.freeze_word_embeddings, min_steps=f.min_steps)
-    keys = (*TRAIN_KEYS, "student_seed", "distil_epochs", "distil_lr", "distil_temperature", "distil_alpha", "distil_augment",
+    keys = (*TRAIN_KEYS, "student_seed", "choice_holdout", "distil_epochs", "distil_lr", "distil_temperature", "distil_alpha", "distil_augment",
             "distil_candidates", "similarity_band", "edit_rate", "neighbours", "embedder")
     fp = _part_fingerprint(cfg, keys, {"student": upstream,
                                        "labeller": json.loads((out / "parts" / "labeller.json").read_text())["sha256"]})
@@ -299,10 +332,8 @@ def agora_inputs(cfg: RunConfig, student_dir: Path, labels: list[str], train: li
         return T.predict(labeller.model, labeller.tokenizer, points, f.seq_len, f.eval_batch_size)
 
     teacher = None
-    if f.mistakes == "teachable":
-        teacher = labeller.dev.get("pred")
-        if teacher is None:  # a cached labeller: its part record keeps scores, not predictions
-            teacher = T.evaluate(labeller.model, labeller.tokenizer, dev, f.seq_len, f.eval_batch_size, guard)["pred"]
+    if f.mistakes == "teachable":  # the labeller's own dev scores are on all of dev, the loop's dev is a part
+        teacher = T.evaluate(labeller.model, labeller.tokenizer, dev, f.seq_len, f.eval_batch_size, guard)["pred"]
     return loop.AgoraInputs(student_dir, plain.tokenizer, labels, train, dev, guard, transform, label,
                             plain=(plain_spec(cfg), plain.model), labeller_dev_pred=teacher, metric=metric)
 
@@ -319,7 +350,7 @@ def _ablation(cfg: RunConfig, inputs: loop.AgoraInputs, result: loop.AgoraResult
 
 
 def _metrics(cfg: RunConfig, task: Any, models: dict[str, Trained], result: loop.AgoraResult,
-             guard: Guard, judge: Judge) -> dict[str, Any]:
+             guard: Guard, judge: Judge, choice: list) -> dict[str, Any]:
     """Test scores of the three models (and of round 1 alone) beside the baselines, the deploy choice
     and the facts the deploy gate reads, counts and times."""
     f = cfg.finetune
@@ -327,7 +358,13 @@ def _metrics(cfg: RunConfig, task: Any, models: dict[str, Trained], result: loop
             for name, m in models.items()}
     enum = T.evaluate(result.round1_model, models["plain"].tokenizer, task.test, f.seq_len, f.eval_batch_size)
     metric = judge.metric
-    deploy, reason = choose_student(models, metric)
+    if choice:
+        scores = {n: _public(T.evaluate(models[n].model, models[n].tokenizer, choice, f.seq_len, f.eval_batch_size,
+                                        guard)) for n in STUDENTS if n in models}
+        where = f"held-out dev ({len(choice)} texts)"
+    else:
+        scores, where = {n: _public(models[n].dev) for n in STUDENTS if n in models}, "dev"
+    deploy, reason = choose_student(scores, metric, where)
     acc = {name: test[name]["accuracy"] for name in models}
     gap = acc["labeller"] - acc["plain"]
     closed = (acc["agora"] - acc["plain"]) / gap if gap > 0 else None
@@ -336,6 +373,7 @@ def _metrics(cfg: RunConfig, task: Any, models: dict[str, Trained], result: loop
         "task": task.name, "labels": list(task.labels), "deploy": deploy, "deploy_reason": reason,
         "metric": metric, "metric_reason": judge.why, "chance_metric": metrics.chance_corrected(len(task.labels)),
         "test": {n: _public(test[n]) for n in models}, "dev": {n: _public(m.dev) for n, m in models.items()},
+        "choice": scores if choice else {}, "choice_texts": len(choice),
         "baselines": {"dev": judge.dev_baselines, "test": judge.test_baselines},
         "deploy_gate": judge.gate_facts(deploy, models[deploy], cfg, guard),
         "accuracy": acc, "macro_f1": {n: test[n]["macro_f1"] for n in models},
@@ -362,12 +400,13 @@ def _metrics(cfg: RunConfig, task: Any, models: dict[str, Trained], result: loop
 STUDENTS = ("agora", "distil", "plain")  # the deploy choice's order among equals
 
 
-def choose_student(models: dict[str, Trained], metric: str) -> tuple[str, str]:
-    """The student to deploy: the best dev `metric` among plain, Agora and (when trained) distillation."""
-    scores = {n: models[n].dev[metric] for n in STUDENTS if n in models}
+def choose_student(scored: dict[str, dict[str, float]], metric: str, where: str) -> tuple[str, str]:
+    """The student to deploy: the best `metric` in `scored` (scores on `where`) among plain, Agora and
+    (when trained) distillation."""
+    scores = {n: scored[n][metric] for n in STUDENTS if n in scored}
     best = max(scores, key=lambda n: (scores[n], -STUDENTS.index(n)))
     others = ", ".join(f"{n} {v:.4f}" for n, v in scores.items() if n != best)
-    return best, f"best dev {metric}: {best} {scores[best]:.4f} (against {others})"
+    return best, f"best {where} {metric}: {best} {scores[best]:.4f} (against {others})"
 
 
 def _public(scored: dict[str, Any]) -> dict[str, float]:

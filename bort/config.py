@@ -326,6 +326,17 @@ class FinetuneConfig(Section):
     # Fraction of dev held apart to pick θ, round and model; mistakes come from the rest. 0: the paper
     # (both on all of dev, which lets later rounds fit the examples they are scored on).
     selection_holdout: Num = Field(0.0, ge=0, lt=1)
+    # Fraction of dev (stratified, seeded) that no student trains, mines or is selected on: the deploy
+    # choice among plain, distil and Agora is made there alone. 0: each student's own dev score decides,
+    # which favours Agora, whose rounds are mined from and selected on that dev (four default runs:
+    # Agora deployed on all four, distil better on test in three; bench/results/run-default*.md).
+    choice_holdout: Num = Field(0.3, ge=0, lt=1)
+    # Agora's rounds after the first (points made around dev mistakes, labelled by the labeller). Round 1
+    # alone is Θ enumeration. auto: the rounds run below `loop_below` training texts, where they measured
+    # ahead of enumeration (bench/results/agora_curve-min300.md: +1.21 at 250 texts, every seed; -0.18
+    # at 500; +0.29 ± spread at Rotten Tomatoes' 8,530, bench/results/run-default.md).
+    agora_loop: Literal["auto", "on", "off"] = "auto"
+    loop_below: Int = Field(500, ge=0)
     ablation: Bool = False  # also re-run Agora's warm-started path without the new points (more epochs only)
     # Task-specific distillation, beside plain and Agora (TinyBERT's recipe): the student trained to the
     # labeller's soft outputs on the training texts plus `distil_augment` G-perturbations of each.

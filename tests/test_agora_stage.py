@@ -66,8 +66,10 @@ def test_stage_manifest_metrics_follow_the_contract(finished):
     for key in ("accuracy", "macro_f1", "dev_accuracy"):
         assert set(m[key]) == {"labeller", "plain", "distil", "agora"}
         assert all(0.0 <= v <= 1.0 for v in m[key].values())
-    deployed = m["dev"][m["deploy"]][m["metric"]]
-    assert all(deployed >= m["dev"][n][m["metric"]] for n in ("plain", "distil", "agora"))
+    held = m["choice"]  # the deploy choice is made on held-out dev rows, which no student saw
+    assert set(held) == {"plain", "distil", "agora"} and m["choice_texts"] > 0
+    assert all(held[m["deploy"]][m["metric"]] >= held[n][m["metric"]] for n in held)
+    assert "held-out dev" in m["deploy_reason"] and m["recipe"]["agora_loop"] is True  # a tiny task: loop on
     assert m["deploy"] in m["deploy_reason"]
     assert m["rounds"] >= 1 and m["points_kept"] <= m["points_made"]
     assert {"labeller", "plain", "distil", "agora", "total"} <= set(m["seconds"])
@@ -205,3 +207,34 @@ def test_a_student_seed_retrains_the_students_but_not_the_labeller(finished, tas
     again = staged(stage.run, other, run_dir)
     assert again.metrics["labeller_cached"] and not again.metrics["plain_cached"]
     assert again.metrics["accuracy"]["labeller"] == manifest.metrics["accuracy"]["labeller"]
+
+
+def test_auto_recipe_turns_agora_loop_off_at_or_above_loop_below(finished, task_csv, tiny_source):
+    _, run_dir, _ = finished
+    cfg = tiny_stage_cfg(task_csv, tiny_source, "finetune.loop_below=1")
+    m = staged(stage.run, cfg, run_dir).metrics
+    assert m["recipe"]["agora_loop"] is False and "Θ enumeration" in m["recipe"]["why"]
+    assert m["iterations"] == 1 and m["points_made"] == 0  # round 1 alone: no points made
+    assert m["accuracy"]["agora"] == m["enumeration"]["accuracy"]
+    assert "Recipe: Agora's loop off" in (run_dir / "finetune" / "report.md").read_text()
+
+
+def test_choice_rows_are_disjoint_from_the_students_dev_and_stratified():
+    from bort.task import Example
+
+    dev = [Example(f"t{i}", i % 2) for i in range(100)]
+    cfg = C.resolve(["tiny"], [])
+    mine, choice = stage.split_choice(dev, cfg)
+    assert len(choice) == round(cfg.finetune.choice_holdout * 100) and len(mine) + len(choice) == 100
+    assert not {e.text for e in mine} & {e.text for e in choice}
+    assert sum(e.label for e in choice) == len(choice) // 2  # half of each label
+    whole, none = stage.split_choice(dev, C.resolve(["tiny"], ["finetune.choice_holdout=0"]))
+    assert whole == dev and none == []
+
+
+def test_choose_student_reads_the_scores_it_is_given_and_breaks_ties_toward_agora():
+    scores = {"plain": {"accuracy": 0.80}, "distil": {"accuracy": 0.83}, "agora": {"accuracy": 0.81}}
+    assert stage.choose_student(scores, "accuracy", "held-out dev")[0] == "distil"
+    tie = {"plain": {"accuracy": 0.8}, "distil": {"accuracy": 0.8}, "agora": {"accuracy": 0.8}}
+    name, why = stage.choose_student(tie, "accuracy", "held-out dev (9 texts)")
+    assert name == "agora" and why.startswith("best held-out dev (9 texts) accuracy")
