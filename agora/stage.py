@@ -141,10 +141,10 @@ def choose_recipe(cfg: RunConfig, n_train: int, n_choice: int) -> dict[str, Any]
                "its points measured ahead of Θ enumeration (bench/results/agora_curve-min300.md)")
     else:
         why = (f"Agora's loop off, its model is Θ enumeration (round 1): {n_train} training texts, at least "
-               f"finetune.loop_below={f.loop_below}; at 500 texts and at the full task its points added nothing "
-               "over enumeration (bench/results/agora_curve-min300.md, run-default.md)")
-    chosen = ("the deploy choice is made on %d held-out dev texts no student trained, mined or was "
-              "selected on" % n_choice) if n_choice else "the deploy choice reads each student's own dev score"
+               f"finetune.loop_below={f.loop_below}; at 500 texts and at the full task its points added no more than "
+               "the seeds' spread over enumeration (bench/results/agora_curve-min300.md, run-default.md)")
+    chosen = (f"the deploy choice is made on {n_choice} held-out dev texts no student trained, mined or was "
+              "selected on") if n_choice else "the deploy choice reads each student's own dev score"
     return {"agora_loop": on, "choice_texts": n_choice, "why": f"{why}; {chosen}"}
 
 

@@ -91,10 +91,22 @@ def load_average() -> float:
     return round(psutil.getloadavg()[0], 2)
 
 
+def _usable_cores() -> int:
+    return cpu_info()["usable_cores"] or os.cpu_count() or 1
+
+
+def measured_busy(load: float | None) -> bool:
+    """Whether a timing recorded under 1-minute load average `load` should be taken again: it was
+    taken while other work shared the cores (load above the usable cores) and the machine is quiet
+    now. Re-measuring on a machine that is still busy would give no better figure."""
+    cores = _usable_cores()
+    return load is not None and load > cores and load_average() <= cores
+
+
 def busy_warning(what: str) -> str | None:
     """One line when other work shares the cores (the 1-minute load average above the usable
     cores), else None: timings taken now come out inflated."""
-    load, cores = load_average(), cpu_info()["usable_cores"] or os.cpu_count() or 1
+    load, cores = load_average(), _usable_cores()
     if load <= cores:
         return None
     return (f"the machine is busy (load average {load:.1f} over the last minute on {cores} usable cores): "

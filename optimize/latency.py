@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from bort.artifacts import hardware_fingerprint, load_average
+from bort.artifacts import hardware_fingerprint, load_average, measured_busy
 from bort.families import Arch, default_vocab
 from optimize import timing
 from runtime import recipe
@@ -214,8 +214,10 @@ class LatencyMeter:
         return normalised_view(record, self.reference_ms())
 
     def _usable(self, record: dict[str, Any] | None) -> bool:
-        """A cached record counts when it has at least as many timed runs as asked for now."""
-        return record is not None and len(record["samples_ms"]) >= self.settings.timed_runs
+        """A cached record counts when it has at least as many timed runs as asked for now and was
+        not timed on a busy machine that is quiet now (a busy fixed cost read 2.5x the quiet one here)."""
+        return (record is not None and len(record["samples_ms"]) >= self.settings.timed_runs
+                and not measured_busy(record.get("load_avg_1m")))
 
     def _record(self, arch: Arch) -> dict[str, Any]:
         key = self.key(arch)
@@ -223,8 +225,8 @@ class LatencyMeter:
         if self._usable(record):
             return record
         if record is not None:
-            log.info("re-measuring %s: its cached record has %d timed runs, %d asked for", arch.label(),
-                     len(record["samples_ms"]), self.settings.timed_runs)
+            log.info("re-measuring %s: its cached record has %d timed runs (%d asked for), load average %s",
+                     arch.label(), len(record["samples_ms"]), self.settings.timed_runs, record.get("load_avg_1m"))
         paired = self.reference is not None and arch != self.reference
         if paired:
             self.reference_ms()  # the reference's standalone record comes first

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from bort import processes
-from bort.artifacts import atomic_write_json, load_average, sha256_file
+from bort.artifacts import atomic_write_json, load_average, measured_busy, sha256_file
 from bort.families import Arch, Source
 
 log = logging.getLogger(__name__)
@@ -100,8 +100,11 @@ def fixed_cost(source: Source, texts: list[str], num_threads: int, cache_dir: Pa
     path = Path(cache_dir) / f"served-{key}.json"
     if path.is_file():
         cost = FixedCost(**json.loads(path.read_text(encoding="utf-8")))
-        log.info("served latency: fixed cost %.2f ms per request (cached, %s)", cost.fixed_p50_ms, path)
-        return cost
+        if not measured_busy(cost.load_avg_1m):
+            log.info("served latency: fixed cost %.2f ms per request (cached, %s)", cost.fixed_p50_ms, path)
+            return cost
+        log.info("served latency: the cached fixed cost was measured on a busy machine (load average %.1f); "
+                 "measuring it again", cost.load_avg_1m)
     cost = measure_fixed_cost(source, sample, num_threads, key)
     atomic_write_json(path, asdict(cost))
     return cost

@@ -68,6 +68,20 @@ def test_latencies_timed_with_another_recipe_are_not_reused(tmp_path):
     assert LatencyMeter("bert", optimized, cache_path=tmp_path / "lat.jsonl", hw="testhw").key(arch) != meter.key(arch)
 
 
+def test_a_record_timed_on_a_busy_machine_is_taken_again_once_the_machine_is_quiet(tmp_path, monkeypatch):
+    import psutil
+
+    arch = Arch(1, 3, 33, 16)
+    meter = LatencyMeter("bert", FAST, cache_path=tmp_path / "lat.jsonl", hw="testhw")
+    meter.cache.put({"key": meter.key(arch), "samples_ms": [9.0] * FAST.timed_runs, "load_avg_1m": 99.0})
+    monkeypatch.setattr(psutil, "getloadavg", lambda: (99.0, 99.0, 99.0))
+    assert meter.cached(arch) is not None  # still busy: measuring again would give no better figure
+    monkeypatch.setattr(psutil, "getloadavg", lambda: (0.2, 0.2, 0.2))
+    assert meter.cached(arch) is None
+    record = meter(arch)
+    assert meter.measured == 1 and record["load_avg_1m"] == 0.2 and record["samples_ms"] != [9.0] * FAST.timed_runs
+
+
 SHAPES = [f"1/1/{h}/{i}" for h in (8, 16) for i in (8, 16, 24)]
 
 
