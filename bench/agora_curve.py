@@ -8,6 +8,8 @@ user's data. Then every arm trains the same student (``--student-dir``, default 
 0/2/5, the reference student of ``bench/agora_tasks.py``):
 
 - ``plain``: the student fine-tuned on the subset (the control);
+- ``distil``: task-specific distillation (the finetune stage's ``distil``): the student trained to
+  the labeller's soft outputs on the subset and on G's perturbations of it;
 - ``enumeration``: Agora's round 1 alone: Θ tried, the best on dev kept, no new points;
 - ``more_epochs``: Agora's warm-started path re-run without the new points;
 - ``extra_seeds``: round 1's best θ re-trained with as many extra seeds as Agora trained models
@@ -21,7 +23,10 @@ user's data. Then every arm trains the same student (``--student-dir``, default 
 Every (task, size, seed, arm) is stored as it finishes in its run folder, so an interrupted curve
 resumes. Paired differences per seed (``agora`` minus each control) come with the table. Results:
 ``bench/results/agora_curve[-TAG].{json,md,png}``. A lever is a config override applied to every
-arm, e.g. ``--set finetune.warm_start=false --set finetune.round_epochs=2 --tag cold``.
+arm, e.g. ``--set finetune.warm_start=false --set finetune.round_epochs=2 --tag cold``. To try a
+lever on Agora alone against controls already run, ``--arms agora --baseline-tag min300``: the
+cell starts from the baseline cell's labeller, plain and distil (same split, seed and settings)
+and reads the arms it does not run from the baseline's cells.
 
 Rotten Tomatoes at 250-1,000 training texts, 5 seeds, about 2 hours on 2 cores::
 
@@ -34,6 +39,8 @@ import argparse
 import copy
 import json
 import logging
+import os
+import shutil
 import statistics
 import sys
 import time
@@ -49,7 +56,8 @@ sys.path.insert(0, str(ROOT))
 from agora_tasks import GLUE, STUDENTS, make_student  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
-ARMS = ("plain", "enumeration", "more_epochs", "extra_seeds", "agora", "identity", "random_dev", "gold")
+ARMS = ("plain", "distil", "enumeration", "more_epochs", "extra_seeds", "agora", "identity", "random_dev", "gold")
+DISTIL_VS = ("plain", "enumeration", "agora")  # distil's paired differences in the table
 LOOPS = ("agora", "identity", "random_dev", "gold")  # arms that run Agora's loop
 # task -> (bort task name, task settings, sizes the issue asks for)
 TASKS = {"rotten_tomatoes": ("rotten_tomatoes", [], (250, 500, 1000, 2500, 0)),
@@ -119,11 +127,14 @@ def run_cell(task: str, size: int, seed: int, args: argparse.Namespace, student:
     from bort.artifacts import atomic_write_json, sha256_file
 
     cfg = config_for(task, size, seed, args, student)
-    run_dir = RESULTS / "agora_curve_runs" / f"{task}-{size or 'all'}-seed{seed}{'-' + args.tag if args.tag else ''}"
+    run_dir = _cell_dir(task, size, seed, args.tag)
     out = run_dir / "finetune"
     cell_file = run_dir / "cell.json"
+    if args.baseline_tag and not run_dir.exists():  # the lever run starts from the baseline's parts
+        shutil.copytree(_cell_dir(task, size, seed, args.baseline_tag) / "finetune", out, copy_function=os.link,
+                        ignore=shutil.ignore_patterns("checkpoints"))
     cell = json.loads(cell_file.read_text()) if cell_file.is_file() else {}
-    if all(a in cell.get("test", {}) for a in ARMS) or cell.get("error"):
+    if all(a in cell.get("test", {}) for a in _wanted(args)) or cell.get("error"):
         return cell
     f = cfg.finetune
     task_data = data.prepare(cfg, run_dir)
@@ -145,11 +156,16 @@ def run_cell(task: str, size: int, seed: int, args: argparse.Namespace, student:
     plain = stage.ensure_plain(cfg, out, student, upstream, task_data.labels, train, dev, guard)
     cell["test"]["plain"] = _test(plain.model, plain.tokenizer, task_data.test, f)
     transform = stage.make_transform(cfg, source, labeller, guard)
+    if "distil" not in cell["test"]:
+        distil = stage.ensure_distilled(cfg, out, student, upstream, task_data.labels, train, dev, guard, labeller,
+                                        transform)
+        cell["test"]["distil"] = _test(distil.model, distil.tokenizer, task_data.test, f)
+        atomic_write_json(cell_file, cell)
     inputs = stage.agora_inputs(cfg, student, task_data.labels, train, dev, guard, labeller, plain, judge.metric,
                                 transform)
     results = {}
-    for arm in LOOPS:  # agora's loop always runs (from its stored state when done): the controls read it
-        if arm in cell["test"] and arm != "agora":
+    for arm in [a for a in LOOPS if a in _wanted(args)]:  # agora's loop always runs (from its stored state
+        if arm in cell["test"] and arm != "agora":            # when done): the controls read it
             continue
         arm_inputs = _arm_inputs(arm, inputs, transform, dev, seed, len(task_data.labels))
         started = time.time()
@@ -163,14 +179,34 @@ def run_cell(task: str, size: int, seed: int, args: argparse.Namespace, student:
             cell["test"]["enumeration"] = _test(results[arm].round1_model, plain.tokenizer, task_data.test, f)
         atomic_write_json(cell_file, cell)
     agora = results["agora"]
-    if "more_epochs" not in cell["test"]:
+    if "more_epochs" not in cell["test"] and "more_epochs" in _wanted(args):
         cell["test"]["more_epochs"] = _test(loop.more_epochs_only(inputs, cfg, agora), plain.tokenizer,
                                             task_data.test, f)
         atomic_write_json(cell_file, cell)
-    if "extra_seeds" not in cell["test"]:
+    if "extra_seeds" not in cell["test"] and "extra_seeds" in _wanted(args):
         cell["test"]["extra_seeds"] = _extra_seeds(inputs, cfg, agora, task_data.test)
         atomic_write_json(cell_file, cell)
     return cell
+
+
+def _cell_dir(task: str, size: int, seed: int, tag: str) -> Path:
+    return RESULTS / "agora_curve_runs" / f"{task}-{size or 'all'}-seed{seed}{'-' + tag if tag else ''}"
+
+
+def _wanted(args: argparse.Namespace) -> tuple[str, ...]:
+    """The arms this run computes: all, or with ``--arms`` those loops (plus what every cell has)."""
+    if not args.arms:
+        return ARMS
+    return ("plain", "distil", "enumeration", *args.arms.split(","))
+
+
+def with_baseline(cell: dict[str, Any], size: int, args: argparse.Namespace) -> dict[str, Any]:
+    """`cell` with the arms it did not run read from the baseline tag's cell (same split and seed)."""
+    if not args.baseline_tag or cell.get("error"):
+        return cell
+    base_file = _cell_dir(cell["task"], size, cell["seed"], args.baseline_tag) / "cell.json"
+    base = json.loads(base_file.read_text()) if base_file.is_file() else {}
+    return {**cell, "test": {**base.get("test", {}), **cell["test"]}}
 
 
 def _arm_inputs(arm: str, inputs: Any, transform: Any, dev: list[Any], seed: int, n_labels: int) -> Any:
@@ -233,6 +269,8 @@ def summarise(cells: list[dict[str, Any]]) -> dict[str, Any]:
         row["agora_minus"] = {a: [round(100 * (c["test"]["agora"]["accuracy"] - c["test"][a]["accuracy"]), 2)
                                   for c in cells] for a in ("plain", "enumeration", "identity", "random_dev",
                                                             "more_epochs", "extra_seeds")}
+        row["distil_minus"] = {a: [round(100 * (c["test"]["distil"]["accuracy"] - c["test"][a]["accuracy"]), 2)
+                                   for c in cells] for a in DISTIL_VS}
         row["goal"] = all(min(row["agora_minus"][a]) > 0 and statistics.fmean(row["agora_minus"][a]) >= 1.0
                           for a in ("identity", "random_dev", "enumeration"))
     return out
@@ -244,6 +282,9 @@ def markdown(summary: dict[str, Any], args: argparse.Namespace, stopped: list[di
              f"overrides {args.set or 'none'}; dev capped at max(train, {args.min_dev}); test whole and untouched. "
              "Goal (issue 19): agora beats identity, random dev and Θ enumeration by >= 1.0 point on the mean "
              "and on every seed, at two or more sizes <= 1,000.", "",
+             *([f"Run with the lever: {args.arms} and Θ enumeration (round 1 of its loop), plain and distil from "
+                f"the `{args.baseline_tag}` cells' stored models; every other arm is read from those cells.", ""]
+               if args.arms else []),
              "| task | train | dev | majority | labeller | " + " | ".join(ARMS) + " | goal met |",
              "|---|---|---|---|---|" + "---|" * len(ARMS) + "---|"]
     for row in sorted(summary.values(), key=lambda r: (r["task"], r["size"])):
@@ -258,6 +299,11 @@ def markdown(summary: dict[str, Any], args: argparse.Namespace, stopped: list[di
     for row in sorted(summary.values(), key=lambda r: (r["task"], r["size"])):
         diffs = " | ".join(", ".join(f"{d:+.2f}" for d in row["agora_minus"][a])
                            for a in ("plain", "enumeration", "identity", "random_dev", "more_epochs", "extra_seeds"))
+        lines.append(f"| {row['task']} | {row['size']} | {diffs} |")
+    lines += ["", "Distillation minus each, points of test accuracy, per seed (what `bort finetune`'s recipe reads):",
+              "", "| task | train | " + " | ".join(f"− {a}" for a in DISTIL_VS) + " |", "|---|---|" + "---|" * len(DISTIL_VS)]
+    for row in sorted(summary.values(), key=lambda r: (r["task"], r["size"])):
+        diffs = " | ".join(", ".join(f"{d:+.2f}" for d in row["distil_minus"][a]) for a in DISTIL_VS)
         lines.append(f"| {row['task']} | {row['size']} | {diffs} |")
     refused = [c for c in stopped or [] if c.get("error")]
     if refused:  # a cell that stopped says why, so a table without its row is not read as a missing run
@@ -306,7 +352,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-threads", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], help="a lever: config override for every arm")
     parser.add_argument("--tag", default="")
+    parser.add_argument("--arms", default="", help="comma-separated loop arms to run (default: every arm)")
+    parser.add_argument("--baseline-tag", default="", help="with --arms: the tag whose cells give the other arms")
     args = parser.parse_args(argv)
+    if bool(args.arms) != bool(args.baseline_tag):
+        parser.error("--arms and --baseline-tag go together: a lever run on some arms reads the rest from a baseline")
+    unknown = set(args.arms.split(",")) - set(LOOPS) if args.arms else set()
+    if unknown:
+        parser.error(f"--arms: {sorted(unknown)} are not loop arms; choose from {', '.join(LOOPS)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from bort.artifacts import atomic_write_json, atomic_write_text
 
@@ -317,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else list(TASKS[task][2])
         for size in sizes:
             for seed in (int(s) for s in args.seeds.split(",")):
-                cells.append(run_cell(task, size, seed, args, student))
+                cells.append(with_baseline(run_cell(task, size, seed, args, student), size, args))
                 summary = summarise(cells)
                 suffix = f"-{args.tag}" if args.tag else ""
                 atomic_write_json(RESULTS / f"agora_curve{suffix}.json", {"args": vars(args), "cells": cells,

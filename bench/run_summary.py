@@ -81,6 +81,7 @@ def summary(run_dir: Path, seed_runs: list[Path]) -> dict[str, Any]:
 def _finetune(f: dict[str, Any]) -> dict[str, Any]:
     names = [n for n in MODELS if n in f.get("test", {})]
     return {"metric": f.get("metric"), "chance_metric": f.get("chance_metric"), "deploy": f.get("deploy"),
+            "deploy_reason": f.get("deploy_reason"), "recipe": (f.get("recipe") or {}).get("why"),
             "test": {n: f["test"][n] for n in names}, "baselines": (f.get("baselines") or {}).get("test"),
             "gate": f.get("deploy_gate"), "seconds": f.get("seconds"), "sizes": f.get("sizes")}
 
@@ -129,7 +130,9 @@ def markdown(s: dict[str, Any]) -> str:
     if "finetune" in s:
         f = s["finetune"]
         cm = f["chance_metric"]
-        lines += ["## Test scores (%)", "", f"Judged by {f['metric']}; deployed: **{f['deploy']}**.", "",
+        lines += ["## Test scores (%)", "", f"Judged by {f['metric']}; deployed: **{f['deploy']}** "
+                  f"({f.get('deploy_reason') or 'reason not recorded'}).", "",
+                  *([f"Recipe: {f['recipe']}.", ""] if f.get("recipe") else []),
                   f"| model | accuracy | {cm} |", "|---|---|---|"]
         for name, sc in f["test"].items():
             lines.append(f"| {name} | {100 * sc['accuracy']:.2f} | {100 * sc[cm]:.2f} |")
@@ -140,8 +143,9 @@ def markdown(s: dict[str, Any]) -> str:
             lines += ["", f"Over {seeds['n']} student seeds (same split, labeller and pretrained student), "
                       "test accuracy mean ± std:", "", "| model | mean ± std | per seed |", "|---|---|---|"]
             for name, st in seeds["accuracy"].items():
+                which = f" ({', '.join(st['which'])})" if "which" in st else ""
                 lines.append(f"| {name} | {100 * st['mean']:.2f} ± {100 * st['std']:.2f} | "
-                             f"{', '.join(f'{100 * v:.2f}' for v in st['values'])} |")
+                             f"{', '.join(f'{100 * v:.2f}' for v in st['values'])}{which} |")
         lines.append("")
     if "export" in s:
         lines += ["## Export and the deploy gate", "", "```json", json.dumps(s["export"], indent=1), "```", ""]
