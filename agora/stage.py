@@ -105,7 +105,7 @@ def run(cfg: RunConfig, run_dir: Path, args: Any = None) -> Manifest:
     result = loop.run_agora(inputs, loop_cfg, out / "checkpoints" / "agora", fingerprint)
     T.save_classifier(result.model, plain.tokenizer, out / "models" / "agora")
     trained["agora"] = Trained(result.model, plain.tokenizer, result.dev, round(time.time() - agora_started, 1))
-    facts = _metrics(cfg, task, trained, result, guard, judge, choice)
+    facts = _metrics(cfg, task, trained, result, guard, judge, choice, recipe["recommended"])
     facts["labeller_gate"], facts["recipe"] = labeller_gate, recipe
     if cfg.finetune.ablation:
         facts["ablation"] = _ablation(cfg, inputs, result, task.test)
@@ -143,9 +143,21 @@ def choose_recipe(cfg: RunConfig, n_train: int, n_choice: int) -> dict[str, Any]
         why = (f"Agora's loop off, its model is Θ enumeration (round 1): {n_train} training texts, at least "
                f"finetune.loop_below={f.loop_below}; at 500 texts and at the full task its points added no more than "
                "the seeds' spread over enumeration (bench/results/agora_curve-min300.md, run-default.md)")
-    chosen = (f"the deploy choice is made on {n_choice} held-out dev texts no student trained, mined or was "
-              "selected on") if n_choice else "the deploy choice reads each student's own dev score"
-    return {"agora_loop": on, "choice_texts": n_choice, "why": f"{why}; {chosen}"}
+    if on or not f.distil:
+        recommended = "agora"
+        because = "Agora's loop" if on else "Θ enumeration (distil is off)"
+    elif n_train >= f.distil_from:
+        recommended, because = "distil", (f"distil, at {n_train} >= finetune.distil_from={f.distil_from} "
+                                          "training texts (bench/results/run-default-choice.md)")
+    else:
+        recommended, because = "agora", (f"Θ enumeration, below finetune.distil_from={f.distil_from} training "
+                                         "texts (at 500 on the curve, distil was 0.76 below it)")
+    if n_choice:
+        chosen = (f"the recipe's student is {because}, kept unless another beats it on {n_choice} held-out dev "
+                  f"texts no student trained, mined or was selected on (paired p < {f.choice_alpha:g})")
+    else:
+        chosen = "the deploy choice reads each student's own dev score (finetune.choice_holdout=0)"
+    return {"agora_loop": on, "recommended": recommended, "choice_texts": n_choice, "why": f"{why}; {chosen}"}
 
 
 def locate_student(cfg: RunConfig, run_dir: Path) -> tuple[Path, str]:
@@ -350,7 +362,7 @@ def _ablation(cfg: RunConfig, inputs: loop.AgoraInputs, result: loop.AgoraResult
 
 
 def _metrics(cfg: RunConfig, task: Any, models: dict[str, Trained], result: loop.AgoraResult,
-             guard: Guard, judge: Judge, choice: list) -> dict[str, Any]:
+             guard: Guard, judge: Judge, choice: list, recommended: str) -> dict[str, Any]:
     """Test scores of the three models (and of round 1 alone) beside the baselines, the deploy choice
     and the facts the deploy gate reads, counts and times."""
     f = cfg.finetune
@@ -359,12 +371,14 @@ def _metrics(cfg: RunConfig, task: Any, models: dict[str, Trained], result: loop
     enum = T.evaluate(result.round1_model, models["plain"].tokenizer, task.test, f.seq_len, f.eval_batch_size)
     metric = judge.metric
     if choice:
-        scores = {n: _public(T.evaluate(models[n].model, models[n].tokenizer, choice, f.seq_len, f.eval_batch_size,
-                                        guard)) for n in STUDENTS if n in models}
-        where = f"held-out dev ({len(choice)} texts)"
+        held = {n: T.evaluate(models[n].model, models[n].tokenizer, choice, f.seq_len, f.eval_batch_size, guard)
+                for n in STUDENTS if n in models}
+        deploy, reason = choose_held_out(held, [e.label for e in choice], len(task.labels), metric, recommended,
+                                         f.choice_alpha, cfg.seed)
+        scores = {n: {**_public(h), **({"p_vs_recommended": h["p"]} if "p" in h else {})} for n, h in held.items()}
     else:
-        scores, where = {n: _public(models[n].dev) for n in STUDENTS if n in models}, "dev"
-    deploy, reason = choose_student(scores, metric, where)
+        scores = {n: _public(models[n].dev) for n in STUDENTS if n in models}
+        deploy, reason = choose_student(scores, metric, "dev")
     acc = {name: test[name]["accuracy"] for name in models}
     gap = acc["labeller"] - acc["plain"]
     closed = (acc["agora"] - acc["plain"]) / gap if gap > 0 else None
@@ -407,6 +421,28 @@ def choose_student(scored: dict[str, dict[str, float]], metric: str, where: str)
     best = max(scores, key=lambda n: (scores[n], -STUDENTS.index(n)))
     others = ", ".join(f"{n} {v:.4f}" for n, v in scores.items() if n != best)
     return best, f"best {where} {metric}: {best} {scores[best]:.4f} (against {others})"
+
+
+def choose_held_out(held: dict[str, dict[str, Any]], gold: list[int], n_labels: int, metric: str, recommended: str,
+                    alpha: float, seed: int) -> tuple[str, str]:
+    """The student to deploy from held-out dev predictions: the recipe's `recommended` one, unless
+    another scores higher there with a paired permutation p below `alpha` (then the best of those).
+    Each challenger's p is written into its entry of `held` (``"p"``)."""
+    base = held[recommended]
+    better = {}
+    for name, h in held.items():
+        if name != recommended and h[metric] > base[metric]:
+            h["p"] = round(metrics.paired_p(gold, base["pred"], h["pred"], n_labels, metric, seed=seed), 4)
+            if h["p"] < alpha:
+                better[name] = h[metric]
+    if better:
+        best = max(better, key=lambda n: (better[n], -STUDENTS.index(n)))
+        return best, (f"held-out dev {metric}: {best} {held[best][metric]:.4f} beats the recipe's {recommended} "
+                      f"{base[metric]:.4f} (paired p = {held[best]['p']:.3g} < {alpha:g})")
+    others = ", ".join(f"{n} {h[metric]:.4f}" + (f" (p = {h['p']:.3g})" if "p" in h else "")
+                       for n, h in held.items() if n != recommended)
+    return recommended, (f"the recipe's {recommended}: held-out dev {metric} {base[metric]:.4f}, no other student "
+                         f"better with paired p < {alpha:g} ({others})")
 
 
 def _public(scored: dict[str, Any]) -> dict[str, float]:

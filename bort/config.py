@@ -30,6 +30,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -337,6 +338,16 @@ class FinetuneConfig(Section):
     # at 500; +0.29 ± spread at Rotten Tomatoes' 8,530, bench/results/run-default.md).
     agora_loop: Literal["auto", "on", "off"] = "auto"
     loop_below: Int = Field(500, ge=0)
+    # The recipe's student, which the deploy choice keeps unless another beats it on the held-out dev
+    # rows with a paired permutation p below `choice_alpha` (1: the best held-out score wins): Agora
+    # with its loop on; else distil from `distil_from` training texts (ahead of enumeration on test at
+    # Rotten Tomatoes' 10,200 on every default run, by 1.6 points on average; behind by 0.76 at 500 on the
+    # curve; between the two, unmeasured), else Agora's round 1 (Θ enumeration). A held-out slice of a few hundred texts
+    # cannot tell 1-2 points apart (two seeds' slices ranked enumeration 1.3 points above distil,
+    # test 1.7-2.2 below): the recipe rests on the measured runs, the held-out rows guard against a task
+    # where it is clearly wrong.
+    distil_from: Int = Field(2000, ge=0)
+    choice_alpha: Num = Field(0.05, gt=0, le=1)
     ablation: Bool = False  # also re-run Agora's warm-started path without the new points (more epochs only)
     # Task-specific distillation, beside plain and Agora (TinyBERT's recipe): the student trained to the
     # labeller's soft outputs on the training texts plus `distil_augment` G-perturbations of each.
@@ -352,6 +363,11 @@ class FinetuneConfig(Section):
     # declaring max(1, num_threads) CPUs; the same rows as inline for the same seed and num_threads).
     executor: Literal["inline", "ray"] = "inline"
     ray_address: Str = ""  # executor ray: "" starts a local Ray instance; "auto" or host:port joins a cluster
+
+    @field_validator("agora_loop", mode="before")
+    @classmethod
+    def _on_off(cls, value: Any) -> Any:  # YAML reads a bare on / off (`--set finetune.agora_loop=on`) as a bool
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _consistent(self) -> FinetuneConfig:

@@ -68,3 +68,11 @@ def test_gate_needs_the_margin_and_the_significance():
     assert learned["passed"] and learned["margin_points"] == 30.0
     assert not M.gate("student", {"mcc": 0.3}, majority, "mcc", 2.0, p_value=0.2)["passed"]
     assert not M.gate("student", {"accuracy": 0.86}, majority, "accuracy", 2.0, p_value=0.001)["passed"]
+
+
+def test_paired_p_is_one_for_identical_predictions_and_small_for_a_clear_improvement():
+    gold = np.array([i % 2 for i in range(300)])
+    worse = np.where(np.arange(300) < 60, 1 - gold, gold)  # wrong on 60 rows
+    assert M.paired_p(gold, worse, worse, 2, "accuracy", permutations=200) == 1.0
+    assert M.paired_p(gold, worse, gold, 2, "macro_f1", permutations=200) < 0.01  # right where it was wrong
+    assert M.paired_p(gold, gold, worse, 2, "accuracy", permutations=200) == 1.0  # worse is never "better"
