@@ -335,17 +335,17 @@ class FinetuneConfig(Section):
     # Agora's rounds after the first (points made around dev mistakes, labelled by the labeller). Round 1
     # alone is Θ enumeration. auto: the rounds run below `loop_below` training texts, where they measured
     # ahead of enumeration (bench/results/agora_curve-min300.md: +1.21 at 250 texts, every seed; -0.18
-    # at 500; +0.29 ± spread at Rotten Tomatoes' 8,530, bench/results/run-default.md).
+    # at 500; +0.29, inside the seeds' spread, at the default's 10,200, bench/results/run-default.md).
     agora_loop: Literal["auto", "on", "off"] = "auto"
     loop_below: Int = Field(500, ge=0)
     # The recipe's student, which the deploy choice keeps unless another beats it on the held-out dev
     # rows with a paired permutation p below `choice_alpha` (1: the best held-out score wins): Agora
     # with its loop on; else distil from `distil_from` training texts (ahead of enumeration on test at
-    # Rotten Tomatoes' 10,200 on every default run, by 1.6 points on average; behind by 0.76 at 500 on the
-    # curve; between the two, unmeasured), else Agora's round 1 (Θ enumeration). A held-out slice of a few hundred texts
-    # cannot tell 1-2 points apart (two seeds' slices ranked enumeration 1.3 points above distil,
-    # test 1.7-2.2 below): the recipe rests on the measured runs, the held-out rows guard against a task
-    # where it is clearly wrong.
+    # Rotten Tomatoes' 10,200 on every default run, by 1.6 points on average; behind by 0.76 at 500 on
+    # the curve; between the two, unmeasured), else Agora's round 1 (Θ enumeration). A held-out slice of
+    # a few hundred texts cannot tell 1-2 points apart (on two seeds of three it ranked enumeration 1.0
+    # and 1.3 points above distil, which was 2.2 and 1.7 ahead on test; bench/results/run-default-choice.md):
+    # the recipe rests on the measured runs, the held-out rows guard against a task where it is clearly wrong.
     distil_from: Int = Field(2000, ge=0)
     choice_alpha: Num = Field(0.05, gt=0, le=1)
     ablation: Bool = False  # also re-run Agora's warm-started path without the new points (more epochs only)
