@@ -532,6 +532,10 @@ class LoadtestConfig(Section):
     target_rps: Num = Field(0.0, ge=0)  # open mode: total requests/s over all users
     think_time_s: Num = Field(0.0, ge=0)  # closed mode: mean pause between a user's requests
     texts_per_request: Int = Field(1, ge=1)
+    # Locust's HTTP client. fast: FastHttpUser (geventhttpclient), what Locust recommends for load
+    # generation; requests: HttpUser (python-requests), which on the default's student at 8 users took
+    # 0.34 of this machine's 2 cores from the server it measures (bench/results/loadtest_client.md).
+    client: Literal["fast", "requests"] = "fast"
     max_texts: Int = Field(2000, ge=0)  # test texts in the request pool (0: the whole test split)
     server_cpus: Str = ""  # e.g. "0-1": pin both services to these CPUs ("": inherit)
     locust_cpus: Str = ""  # the same for Locust

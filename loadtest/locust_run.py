@@ -37,6 +37,7 @@ class Profile:
     think_time_s: float = 0.0
     texts_per_request: int = 1
     seed: int = 0
+    client: str = "fast"  # fast: FastHttpUser (geventhttpclient) | requests: HttpUser
     grace_s: float = 60.0  # the hard timeout is run time + this
 
     @property
@@ -69,6 +70,7 @@ def locust_env(profile: Profile, texts_file: Path, samples_prefix: Path) -> dict
         "BORT_LOADTEST_TARGET_RPS": str(profile.target_rps), "BORT_LOADTEST_USERS": str(profile.users),
         "BORT_LOADTEST_THINK_S": str(profile.think_time_s), "BORT_LOADTEST_SEED": str(profile.seed),
         "BORT_LOADTEST_TEXTS_PER_REQUEST": str(profile.texts_per_request), "BORT_LOADTEST_SHAPE": "none",
+        "BORT_LOADTEST_CLIENT": profile.client,
     }
 
 

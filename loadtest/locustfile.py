@@ -13,6 +13,9 @@ Environment (``bort loadtest`` sets them; set them yourself to run Locust by han
   ``BORT_LOADTEST_RUN_DIR``: a bort run folder whose test split (``bort data --prepare``) is used.
 - ``BORT_LOADTEST_TEXTS_PER_REQUEST`` (1), ``BORT_LOADTEST_SEED`` (0), ``BORT_LOADTEST_WARMUP_S`` (0).
 - ``BORT_LOADTEST_API_KEY``: sent as ``X-API-Key`` when set (a service that requires a key).
+- ``BORT_LOADTEST_CLIENT``: ``fast`` (default: Locust's ``FastHttpUser``, geventhttpclient) or
+  ``requests`` (``HttpUser``, python-requests). The generator shares the machine with the server it
+  measures, so its own CPU per request is taken from the server: requests costs several times more.
 - ``BORT_LOADTEST_MODE``: ``closed`` (default: each user sends its next request when the last one
   returns, after ``BORT_LOADTEST_THINK_S``) or ``open``: constant throughput, a total of
   ``BORT_LOADTEST_TARGET_RPS`` spread over ``BORT_LOADTEST_USERS`` users with Locust's
@@ -48,7 +51,7 @@ import time
 from pathlib import Path
 
 import gevent
-from locust import HttpUser, LoadTestShape, between, constant, constant_throughput, events, task
+from locust import FastHttpUser, HttpUser, LoadTestShape, between, constant, constant_throughput, events, task
 
 MODE = os.environ.get("BORT_LOADTEST_MODE", "closed")
 SHAPE = os.environ.get("BORT_LOADTEST_SHAPE", "none")
@@ -57,9 +60,12 @@ TEXTS_PER_REQUEST = int(os.environ.get("BORT_LOADTEST_TEXTS_PER_REQUEST", "1"))
 SEED = int(os.environ.get("BORT_LOADTEST_SEED", "0"))
 SAMPLES_PREFIX = os.environ.get("BORT_LOADTEST_SAMPLES", "")
 API_KEY = os.environ.get("BORT_LOADTEST_API_KEY", "")
+CLIENT = os.environ.get("BORT_LOADTEST_CLIENT", "fast")
 
 if MODE not in ("closed", "open"):
     raise ValueError(f"BORT_LOADTEST_MODE must be closed or open, got {MODE!r}")
+if CLIENT not in ("fast", "requests"):
+    raise ValueError(f"BORT_LOADTEST_CLIENT must be fast or requests, got {CLIENT!r}")
 if SHAPE not in ("none", "step", "ramp"):
     raise ValueError(f"BORT_LOADTEST_SHAPE must be none, step or ramp, got {SHAPE!r}")
 
@@ -119,18 +125,19 @@ def validate(payload: object, sent: int) -> str | None:
     return None
 
 
-class ClassifyUser(HttpUser):
+class ClassifyUser(FastHttpUser if CLIENT == "fast" else HttpUser):
     """One client: sends real test texts to /classify and checks every answer."""
 
     wait_time = _wait_time()
     _count = 0
+    headers = None
 
     def on_start(self) -> None:
         # Each user its own seeded stream, so runs are repeatable and users do not move in lockstep.
         ClassifyUser._count += 1
         self.rng = random.Random(SEED * 100_003 + ClassifyUser._count + os.getpid())
         if API_KEY:  # a service listening beyond loopback requires one
-            self.client.headers["X-API-Key"] = API_KEY
+            self.headers = {"X-API-Key": API_KEY}
 
     def context(self) -> dict:
         # The user count at the time of each request, so step runs can be split by level.
@@ -140,15 +147,16 @@ class ClassifyUser(HttpUser):
     @task
     def classify(self) -> None:
         items = [self.rng.choice(ITEMS) for _ in range(TEXTS_PER_REQUEST)]
-        with self.client.post("/classify", json={FIELD: items}, name="/classify",
+        with self.client.post("/classify", json={FIELD: items}, name="/classify", headers=self.headers,
                               catch_response=True) as resp:
+            text = resp.text or ""  # FastHttpUser: None for an empty body
             if resp.status_code != 200:
-                resp.failure(f"HTTP {resp.status_code}: {resp.text[:200]}")
+                resp.failure(f"HTTP {resp.status_code}: {text[:200]}")
                 return
             try:
                 payload = resp.json()
             except ValueError:
-                resp.failure(f"not JSON: {resp.text[:200]}")
+                resp.failure(f"not JSON: {text[:200]}")
                 return
             problem = validate(payload, len(items))
             if problem:

@@ -135,7 +135,7 @@ def _conditions(results: dict[str, Any]) -> list[str]:
              f"warm-up (excluded); {c['mode']} loop, {c['texts_per_request']} text(s) per request drawn from "
              f"{c['texts']} real test texts.",
              f"- Server threads {c['num_threads']}; server CPUs {c['server_cpus']}; Locust CPUs {c['locust_cpus']}; "
-             f"CPU {c['cpu']}.",
+             f"CPU {c['cpu']}." + (f" Client: {c['client']}." if c.get("client") else ""),
              "- Percentiles and requests/s from exact per-request times; Locust's own figures (its CSV: "
              "response times rounded to whole ms, written once a second) are shown beside.",
              "- CPU share: CPU seconds used per wall second (2.0 = two cores busy); Locust shares the machine.",

@@ -110,12 +110,16 @@ def write_request_texts(cfg: RunConfig, run_dir: Path, path: Path) -> Path:
     return path
 
 
+CLIENTS = {"fast": "Locust FastHttpUser (geventhttpclient)", "requests": "Locust HttpUser (python-requests)"}
+
+
 def make_profiles(cfg: RunConfig) -> list[Profile]:
     """One identical profile per user count (used for every model)."""
     lt = cfg.loadtest
     return [Profile(users=u, duration_s=lt.duration_s, warmup_s=lt.warmup_s, mode=lt.mode,
                     target_rps=lt.target_rps, think_time_s=lt.think_time_s,
-                    texts_per_request=lt.texts_per_request, seed=cfg.seed, grace_s=lt.grace_s)
+                    texts_per_request=lt.texts_per_request, seed=cfg.seed, grace_s=lt.grace_s,
+                    client=lt.client)
             for u in lt.users]
 
 
@@ -131,7 +135,7 @@ def conditions(cfg: RunConfig, texts_file: Path) -> dict[str, Any]:
     pool = json.loads(texts_file.read_text(encoding="utf-8"))
     return {"server": "BentoML via `bort serve` (PyTorch baseline: BentoML, same worker count)",
             "num_threads": cfg.serve.num_threads, "server_cpus": cfg.loadtest.server_cpus or "all",
-            "locust_cpus": cfg.loadtest.locust_cpus or "all",
+            "locust_cpus": cfg.loadtest.locust_cpus or "all", "client": CLIENTS[cfg.loadtest.client],
             "load_generators": (f"{cfg.loadtest.workers} Locust workers ({cfg.loadtest.executor}) and a master"
                                 if cfg.loadtest.workers else "one Locust process"),
             "texts": len(pool.get("texts") or pool.get("pairs") or []), "baseline": cfg.loadtest.baseline}

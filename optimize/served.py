@@ -11,8 +11,8 @@ by a prediction of the p50 a caller sees at one user on the task's own texts::
   is the model time at the median length; candidates are timed at ``L50`` instead of 128.
 - ``fixed_p50`` is measured once per machine, through the service's own code path: ``bort serve
   --model-dir`` serving a tiny random classifier that uses the source's tokenizer, called over
-  HTTP by a ``requests`` session (the client Locust's users use), one request at a time with the
-  task's training texts. Per request, the client's time minus the model's time the service
+  HTTP by geventhttpclient (the client of Locust's ``FastHttpUser``, the load test's default), one
+  request at a time with the task's training texts. Per request, the client's time minus the model's time the service
   reports in its ``Server-Timing`` header is the fixed cost; its median is ``fixed_p50``. It is
   cached per hardware fingerprint, tokenizer, thread count and text sample.
 
@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 PROBE_ARCH = Arch(1, 2, 64, 64)  # a model whose own time is a small part of a request
 PROBE_REQUESTS = 300
 PROBE_WARMUP = 50
-FORMAT = 1
+FORMAT = 2  # 2: the probe's client is geventhttpclient (1: python-requests)
 ROOT = Path(__file__).resolve().parent.parent  # the project folder: `python -m pipeline.cli` runs from here
 
 
@@ -143,19 +143,28 @@ def measure_fixed_cost(source: Source, texts: list[str], num_threads: int, key: 
 
 
 def _time_requests(url: str, texts: list[str]) -> tuple[list[float], list[float]]:
-    """Client milliseconds and the model milliseconds of each request (after a warm-up)."""
-    import requests
+    """Client milliseconds and the model milliseconds of each request (after a warm-up), sent on one
+    keep-alive connection with geventhttpclient, the client of the load test's default users
+    (``loadtest.client=fast``)."""
+    from geventhttpclient import HTTPClient
 
     client, model = [], []
-    with requests.Session() as session:
+    http = HTTPClient.from_url(url, concurrency=1, network_timeout=30)
+    headers = {"Content-Type": "application/json"}
+    try:
         for i, text in enumerate((texts * 2)[:PROBE_WARMUP] + texts):
+            body = json.dumps({"texts": [text]})
             start = time.perf_counter()
-            resp = session.post(f"{url}/classify", json={"texts": [text]}, timeout=30)
+            resp = http.post("/classify", body=body, headers=headers)
+            answer = resp.read()
             elapsed = (time.perf_counter() - start) * 1000.0
-            resp.raise_for_status()
+            if resp.status_code != 200:
+                raise RuntimeError(f"the probe service answered {resp.status_code}: {answer[:200]!r}")
             if i >= PROBE_WARMUP:
                 client.append(elapsed)
-                model.append(server_timing(resp.headers.get("Server-Timing", ""))["model"])
+                model.append(server_timing(resp.get("server-timing", ""))["model"])
+    finally:
+        http.close()
     return client, model
 
 

@@ -33,6 +33,16 @@ the ordering of whole regions of the grid. So every candidate run is paired with
 fixed reference session kept open for the whole sweep (reference, candidate, reference,
 candidate, ...). Each pair sees the same load; the paired ratio candidate / reference is what
 the search compares, scaled back to milliseconds by the reference's own standalone latency.
+
+Two sessions taking turns on the same cores must not spin between their calls (``PROTOCOL`` 2):
+onnxruntime's intra-op threads busy-wait after a call, and the idle session's spinning pool then
+takes the cores from the other's run. Measured here (2-core Intel Xeon, the embedded default's
+labeller and its 4/6/192/768 student, fp32, batch 1, 26 tokens, 2 threads, medians of 60 runs):
+alone, 3.43-3.59 ms and 0.95-1.01 ms; in turns with the serving options, 8.40-8.96 ms and
+1.40-1.55 ms, a ratio of 0.17 where alone it is 0.26-0.28; in turns with ``spin_stop`` (spinning
+inside a call, as served, and not after it), 4.12-4.40 ms and 1.16-1.23 ms, ratio 0.28. Protocol
+1 overstated the small shapes' speedup over the source by about 1.6x. ``runtime.speed`` times
+its variants the same way.
 """
 
 from __future__ import annotations
@@ -51,6 +61,7 @@ from runtime.session import open_session
 
 EXPORTER = recipe.RECIPE
 TIMING_LABELS = ("LABEL_0", "LABEL_1")
+PROTOCOL = 2  # in the latency cache's keys: 2, sessions stop spinning when a call returns
 
 
 def summarize(samples_ms: list[float] | np.ndarray, prefix: str = "") -> dict[str, float]:
@@ -83,7 +94,9 @@ class TimedSession:
 
     def __init__(self, path: Path, num_threads: int, batch_size: int, seq_len: int, vocab_size: int,
                  seed: int = 0):
-        self.session = open_session(path, num_threads)  # the options bort serve runs with
+        # the options bort serve runs with, but an idle session stops spinning when its call returns:
+        # the candidate and its reference run in turns on the same cores (see PROTOCOL)
+        self.session = open_session(path, num_threads, spin_stop=True)
         rng = np.random.default_rng(seed)
         shape = (batch_size, seq_len)
         feed_all = {

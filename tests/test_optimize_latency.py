@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bort.families import Arch
@@ -120,3 +121,25 @@ def test_a_killed_sweep_resumes_without_measuring_anything_twice(tmp_path):
     assert len(after) == len(set(after)) == len(SHAPES)  # every shape once: zero repeated measurements
     assert after[:len(before)] == before
     assert f"measured {len(SHAPES) - len(before)} new, {len(before)} from cache" in out
+
+
+def test_bursts_of_other_work_on_one_run_of_a_pair_do_not_set_the_ratio():
+    """Pairing cancels a slowdown spanning both runs; a burst on one run of a pair does not cancel.
+    The quiet runs decide, and a quiet record keeps its plain median ratio."""
+    from optimize.latency import normalised_view, quiet_share
+
+    rng = np.random.default_rng(0)
+    cand = 1.0 + 0.02 * rng.random(30)
+    ref = 2.5 + 0.05 * rng.random(30)
+    quiet = {"samples_ms": list(cand), "ref_samples_ms": list(ref)}
+    plain = float(np.median(cand / ref)) * 2.5
+    assert normalised_view(quiet, 2.5)["p50_ms"] == pytest.approx(plain, rel=1e-3)
+    assert quiet_share(quiet) == 1.0
+    # as measured here: the candidate disturbed in 7 pairs, the reference in 19 others
+    busy_cand, busy_ref = cand.copy(), ref.copy()
+    busy_cand[:7] += 4.0
+    busy_ref[7:26] += 4.0
+    busy = {"samples_ms": list(busy_cand), "ref_samples_ms": list(busy_ref)}
+    assert float(np.median(busy_cand / busy_ref)) * 2.5 < 0.7 * plain  # what all pairs would say
+    assert quiet_share(busy) == pytest.approx(4 / 30)
+    assert normalised_view(busy, 2.5)["p50_ms"] == pytest.approx(plain, rel=0.03)
