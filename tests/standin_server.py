@@ -19,7 +19,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
-def make_handler(labels: list[str], delay_s: float, wrong_label: bool) -> type[BaseHTTPRequestHandler]:
+def make_handler(labels: list[str], delay_s: float, wrong_label: bool,
+                 api_key: str = "") -> type[BaseHTTPRequestHandler]:
     """A request handler closed over the stand-in's behaviour."""
 
     class Handler(BaseHTTPRequestHandler):
@@ -45,6 +46,9 @@ def make_handler(labels: list[str], delay_s: float, wrong_label: bool) -> type[B
             if self.path != "/classify":
                 self._send(404, {"error": "not found"})
                 return
+            if api_key and self.headers.get("X-API-Key") != api_key:
+                self._send(401, {"error": "missing or wrong X-API-Key"})
+                return
             texts = json.loads(body)["texts"]
             time.sleep(delay_s)
             results = []
@@ -67,6 +71,7 @@ def main() -> None:
     parser.add_argument("--spawn-session-child", action="store_true",
                         help="start a child in a new session, as `bort serve` starts BentoML")
     parser.add_argument("--ignore-sigterm", action="store_true", help="only SIGKILL stops it")
+    parser.add_argument("--api-key", default="", help="answer 401 unless X-API-Key is this")
     parser.add_argument("--fail-start", action="store_true", help="exit with an error before serving")
     args = parser.parse_args()
     if args.fail_start:
@@ -80,7 +85,7 @@ def main() -> None:
         subprocess.Popen(sleeper, start_new_session=True)
     if args.ignore_sigterm:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    handler = make_handler(args.labels.split(","), args.delay_ms / 1000.0, args.wrong_label)
+    handler = make_handler(args.labels.split(","), args.delay_ms / 1000.0, args.wrong_label, args.api_key)
     server = ThreadingHTTPServer(("127.0.0.1", args.port), handler)
     server.daemon_threads = True
     server.handle_error = lambda request, address: None  # clients hang up when Locust stops: fine

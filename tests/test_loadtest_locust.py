@@ -46,6 +46,25 @@ def test_wrong_labels_are_counted_as_failures(tmp_path, texts_file):
     assert "is not one of" in (tmp_path / "run_locust.log").read_text()  # Locust's error report
 
 
+@pytest.mark.parametrize("client", ["fast", "requests"])
+def test_both_clients_send_the_api_key_and_validate_answers(tmp_path, texts_file, monkeypatch, client):
+    """FastHttpUser (default) and HttpUser: with the key every answer passes; without it, each 401 fails."""
+    profile = Profile(users=2, duration_s=1, warmup_s=0, grace_s=30, client=client)
+    with S.serving(standin_spec("--api-key", "s3cret"), tmp_path / "server.log") as running:
+        monkeypatch.setenv("BORT_LOADTEST_API_KEY", "s3cret")
+        keyed = run_locust(running.spec.port, profile, texts_file, tmp_path / "keyed")
+        monkeypatch.delenv("BORT_LOADTEST_API_KEY")
+        monkeypatch.delenv("BORT_API_KEY", raising=False)
+        bare = run_locust(running.spec.port, profile, texts_file, tmp_path / "bare")
+    assert keyed.returncode == 0
+    fig = report.summarize_run(tmp_path / "keyed", 2, 1)
+    assert fig["requests"] > 0 and fig["failures"] == 0
+    assert bare.returncode == 1
+    fig = report.summarize_run(tmp_path / "bare", 2, 1)
+    assert fig["requests"] > 0 and fig["failures"] == fig["requests"]
+    assert "HTTP 401" in (tmp_path / "bare_locust.log").read_text()
+
+
 def test_samples_left_by_an_earlier_run_are_not_counted(tmp_path, texts_file):
     """Samples are globbed per prefix: a stale file from a repeated run must go, a neighbour's stay."""
     stale_rows = "t_s,users,latency_ms,ok\n" + "".join(f"{i / 10:.1f},1,99999.0,1\n" for i in range(500))
