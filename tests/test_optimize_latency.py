@@ -143,3 +143,24 @@ def test_bursts_of_other_work_on_one_run_of_a_pair_do_not_set_the_ratio():
     assert float(np.median(busy_cand / busy_ref)) * 2.5 < 0.7 * plain  # what all pairs would say
     assert quiet_share(busy) == pytest.approx(4 / 30)
     assert normalised_view(busy, 2.5)["p50_ms"] == pytest.approx(plain, rel=0.03)
+
+
+def test_a_candidate_whose_pairs_were_mostly_disturbed_is_timed_again(tmp_path, monkeypatch):
+    """The quieter window is kept; the record says how many timings it took."""
+    import optimize.timing as timing
+
+    disturbed = ([1.0, 5.0] * 2, [6.5, 2.5] * 2)  # no pair has both runs quiet
+    quiet = ([1.0, 1.01, 1.02, 1.0], [2.5, 2.52, 2.51, 2.5])
+    windows = iter([disturbed, quiet])
+    real = timing.time_interleaved
+
+    def fake(candidate, reference, warmup_runs, timed_runs):
+        if reference is None:  # the reference's own standalone record
+            return real(candidate, reference, warmup_runs, timed_runs)
+        return next(windows)
+
+    monkeypatch.setattr(timing, "time_interleaved", fake)
+    meter = LatencyMeter("bert", FAST, cache_path=tmp_path / "lat.jsonl", hw="testhw", reference=Arch(2, 3, 33, 37))
+    record = meter(Arch(1, 3, 33, 16))
+    assert record["timings"] == 2 and record["quiet_share"] == 1.0
+    assert record["samples_ms"] == quiet[0] and record["ratio_to_reference"] == pytest.approx(0.4, rel=0.02)
