@@ -155,19 +155,21 @@ def quiet_pairs(cand: np.ndarray, ref: np.ndarray, ratios: np.ndarray) -> np.nda
     0.42 ms, this at 0.95 ms, and a re-timing alone at 0.93 ms. Where every pair is quiet the
     figure is unchanged.
     """
-    cand_quiet, ref_quiet = cand <= QUIET_BAND * cand.min(), ref <= QUIET_BAND * ref.min()
+    cand_quiet, ref_quiet = _quiet(cand), _quiet(ref)
     both = cand_quiet & ref_quiet
     if both.sum() >= MIN_QUIET_PAIRS:
         return ratios[both]
     return cand[cand_quiet] / float(np.median(ref[ref_quiet]))
 
 
-def quiet_share(record: dict[str, Any]) -> float:
-    """The share of a paired record's pairs in which neither run was disturbed (1.0 unpaired)."""
-    cand, ref = np.asarray(record["samples_ms"], dtype=float), np.asarray(record.get("ref_samples_ms") or [])
-    if not ref.size:
-        return 1.0
-    return float(np.mean((cand <= QUIET_BAND * cand.min()) & (ref <= QUIET_BAND * ref.min())))
+def _quiet(runs: np.ndarray) -> np.ndarray:
+    return runs <= QUIET_BAND * runs.min()
+
+
+def quiet_share(cand: Any, ref: Any) -> float:
+    """The share of pairs in which neither run was disturbed."""
+    cand, ref = np.asarray(cand, dtype=float), np.asarray(ref, dtype=float)
+    return float(np.mean(_quiet(cand) & _quiet(ref)))
 
 
 def normalised_view(record: dict[str, Any], reference_ms: float | None) -> dict[str, Any]:
@@ -272,13 +274,12 @@ class LatencyMeter:
         ref_session = self._ref_session() if paired else None
         cand, ref = timing.time_interleaved(session, ref_session, self.settings.warmup_runs,
                                             self.settings.timed_runs)
-        attempts = 1
-        while paired and attempts <= RETIME_DISTURBED and quiet_share({"samples_ms": cand, "ref_samples_ms": ref}) < 0.5:
+        attempts, share = 1, quiet_share(cand, ref) if paired else 1.0
+        while attempts <= RETIME_DISTURBED and share < 0.5:
             attempts += 1  # most pairs disturbed: time again, keep the quieter window
             again = timing.time_interleaved(session, ref_session, 0, self.settings.timed_runs)
-            if quiet_share({"samples_ms": again[0], "ref_samples_ms": again[1]}) > quiet_share(
-                    {"samples_ms": cand, "ref_samples_ms": ref}):
-                cand, ref = again
+            if quiet_share(*again) > share:
+                (cand, ref), share = again, quiet_share(*again)
         del session
         record = {"key": key, "arch": arch.label(), "family": self.family, "vocab_size": self.vocab_size,
                   "hw": self.hw, **asdict(self.settings), "reference": self.reference.label() if paired else None,
@@ -287,7 +288,7 @@ class LatencyMeter:
                   "recipe": self.settings.recipe_key(), "build_s": round(build_s, 2),
                   "total_s": round(time.time() - started, 2), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                   "load_avg_1m": load_average(),  # a busy machine's records can be told apart
-                  "timings": attempts, "quiet_share": round(quiet_share({"samples_ms": cand, "ref_samples_ms": ref}), 3),
+                  "timings": attempts, "quiet_share": round(share, 3),
                   "pid": os.getpid()}
         self.cache.put(record)
         self.measured += 1

@@ -134,14 +134,14 @@ def test_bursts_of_other_work_on_one_run_of_a_pair_do_not_set_the_ratio():
     quiet = {"samples_ms": list(cand), "ref_samples_ms": list(ref)}
     plain = float(np.median(cand / ref)) * 2.5
     assert normalised_view(quiet, 2.5)["p50_ms"] == pytest.approx(plain, rel=1e-3)
-    assert quiet_share(quiet) == 1.0
+    assert quiet_share(cand, ref) == 1.0
     # as measured here: the candidate disturbed in 7 pairs, the reference in 19 others
     busy_cand, busy_ref = cand.copy(), ref.copy()
     busy_cand[:7] += 4.0
     busy_ref[7:26] += 4.0
     busy = {"samples_ms": list(busy_cand), "ref_samples_ms": list(busy_ref)}
     assert float(np.median(busy_cand / busy_ref)) * 2.5 < 0.7 * plain  # what all pairs would say
-    assert quiet_share(busy) == pytest.approx(4 / 30)
+    assert quiet_share(busy_cand, busy_ref) == pytest.approx(4 / 30)
     assert normalised_view(busy, 2.5)["p50_ms"] == pytest.approx(plain, rel=0.03)
 
 
