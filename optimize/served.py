@@ -11,10 +11,11 @@ by a prediction of the p50 a caller sees at one user on the task's own texts::
   is the model time at the median length; candidates are timed at ``L50`` instead of 128.
 - ``fixed_p50`` is measured once per machine, through the service's own code path: ``bort serve
   --model-dir`` serving a tiny random classifier that uses the source's tokenizer, called over
-  HTTP by geventhttpclient (the client of Locust's ``FastHttpUser``, the load test's default), one
-  request at a time with the task's training texts. Per request, the client's time minus the model's time the service
-  reports in its ``Server-Timing`` header is the fixed cost; its median is ``fixed_p50``. It is
-  cached per hardware fingerprint, tokenizer, thread count and text sample.
+  HTTP by Locust's ``FastHttpSession`` (the client of its ``FastHttpUser``, the load test's
+  default; :mod:`optimize.probe_client`), one request at a time with the task's training texts.
+  Per request, the client's time minus the model's time the service reports in its
+  ``Server-Timing`` header is the fixed cost; its median is ``fixed_p50``. It is cached per
+  hardware fingerprint, tokenizer, thread count and text sample.
 
 ``bench/served_prediction.py`` checks the prediction against Locust-measured p50 for the chosen
 student and the source.
@@ -27,6 +28,7 @@ import json
 import logging
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +40,7 @@ import numpy as np
 
 from bort import processes
 from bort.artifacts import atomic_write_json, load_average, measured_busy, sha256_file
+from bort.errors import BortError
 from bort.families import Arch, Source
 
 log = logging.getLogger(__name__)
@@ -45,7 +48,7 @@ log = logging.getLogger(__name__)
 PROBE_ARCH = Arch(1, 2, 64, 64)  # a model whose own time is a small part of a request
 PROBE_REQUESTS = 300
 PROBE_WARMUP = 50
-FORMAT = 2  # 2: the probe's client is geventhttpclient (1: python-requests)
+FORMAT = 3  # 3: the probe's client is Locust's FastHttpSession (2: bare geventhttpclient, 1: requests)
 ROOT = Path(__file__).resolve().parent.parent  # the project folder: `python -m pipeline.cli` runs from here
 
 
@@ -128,7 +131,7 @@ def measure_fixed_cost(source: Source, texts: list[str], num_threads: int, key: 
                      "--set", f"serve.num_threads={num_threads}", "--set", "serve.host=127.0.0.1"))
         running = processes.start(spec, work / "server.log")
         try:
-            client, model_ms = _time_requests(spec.url, texts)
+            client, model_ms = _time_requests(spec.url, texts, work)
         finally:
             processes.stop(running)
     finally:
@@ -142,40 +145,18 @@ def measure_fixed_cost(source: Source, texts: list[str], num_threads: int, key: 
     return cost
 
 
-def _time_requests(url: str, texts: list[str]) -> tuple[list[float], list[float]]:
-    """Client milliseconds and the model milliseconds of each request (after a warm-up), sent on one
-    keep-alive connection with geventhttpclient, the client of the load test's default users
-    (``loadtest.client=fast``)."""
-    from geventhttpclient import HTTPClient
-
-    client, model = [], []
-    http = HTTPClient.from_url(url, concurrency=1, network_timeout=30)
-    headers = {"Content-Type": "application/json"}
-    try:
-        for i, text in enumerate((texts * 2)[:PROBE_WARMUP] + texts):
-            body = json.dumps({"texts": [text]})
-            start = time.perf_counter()
-            resp = http.post("/classify", body=body, headers=headers)
-            answer = resp.read()
-            elapsed = (time.perf_counter() - start) * 1000.0
-            if resp.status_code != 200:
-                raise RuntimeError(f"the probe service answered {resp.status_code}: {answer[:200]!r}")
-            if i >= PROBE_WARMUP:
-                client.append(elapsed)
-                model.append(server_timing(resp.get("server-timing", ""))["model"])
-    finally:
-        http.close()
-    return client, model
-
-
-def server_timing(header: str) -> dict[str, float]:
-    """``"tokenize;dur=0.18, model;dur=9.4"`` -> ``{"tokenize": 0.18, "model": 9.4}`` (ms)."""
-    out = {}
-    for part in header.split(","):
-        name, _, rest = part.strip().partition(";")
-        if rest.startswith("dur="):
-            out[name] = float(rest[4:])
-    return out
+def _time_requests(url: str, texts: list[str], work: Path) -> tuple[list[float], list[float]]:
+    """Client milliseconds and the model milliseconds of each request (after a warm-up), measured by
+    :mod:`optimize.probe_client` in a process of its own (Locust's client, which patches the
+    standard library for gevent when imported)."""
+    texts_file = work / "probe_texts.json"
+    texts_file.write_text(json.dumps(texts), encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "optimize.probe_client", url, str(texts_file), str(PROBE_WARMUP)],
+                          cwd=str(ROOT), capture_output=True, text=True, timeout=300, check=False)
+    if done.returncode != 0:
+        raise BortError(f"the served-latency probe's client failed: {done.stderr.strip()[-500:]}")
+    answer = json.loads(done.stdout)
+    return answer["client_ms"], answer["model_ms"]
 
 
 class ServedLatency:

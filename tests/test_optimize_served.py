@@ -9,7 +9,7 @@ import pytest
 
 from bort import families as F
 from bort.families import Arch
-from optimize import served
+from optimize import probe_client, served
 from optimize.latency import JsonlStore
 from optimize.search import SearchOptions, run_search
 
@@ -74,7 +74,7 @@ def test_median_length_counts_special_tokens_and_is_capped(minilm_dir):
 
 
 def test_server_timing_header_is_parsed():
-    assert served.server_timing("tokenize;dur=0.182, model;dur=9.410, app;dur=9.873") == {
+    assert probe_client.server_timing("tokenize;dur=0.182, model;dur=9.410, app;dur=9.873") == {
         "tokenize": 0.182, "model": 9.41, "app": 9.873}
 
 
