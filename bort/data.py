@@ -106,14 +106,31 @@ def prepare(cfg: RunConfig, run_dir: str | Path) -> TaskData:
         previous = None
     if previous is not None and previous.fingerprint == fingerprint and previous.inputs == inputs:
         log.info("data: stored splits in %s are current", folder)
-        return _read_splits(folder)
-    task = load_task(cfg)
+        return check_servable(_read_splits(folder), cfg)
+    task = check_servable(load_task(cfg), cfg)
     (folder / MANIFEST).unlink(missing_ok=True)  # a half-rewritten folder must not look current
     _write_splits(task, folder)
     metrics = {"labels": task.labels, "is_pair": task.is_pair, "balance": task.balance(),
                "rows": {name: len(task.split(name)) for name in SPLITS}}
     write_manifest(run_dir, STAGE, cfg, fingerprint=fingerprint, metrics=metrics, inputs=inputs,
                    started=started)
+    return task
+
+
+def check_servable(task: TaskData, cfg: RunConfig) -> TaskData:
+    """`task`, when the service would take every one of its texts; else a DataError naming the setting.
+
+    A text over ``serve.max_chars`` gets a 422 from the service: the served-latency probe, the export's
+    served accuracy and the load test would each stop on it far into a run (BBC News: 49% of the
+    articles are over the default 2000 characters), so the run stops before its first stage instead.
+    """
+    limit = cfg.serve.max_chars
+    sizes = [len(t) for e in (*task.train, *task.dev, *task.test) for t in (e.text, e.text_pair) if t is not None]
+    over = sum(n > limit for n in sizes)
+    if over:
+        raise DataError(f"task {task.name!r}: {over} of {len(sizes)} texts are longer than serve.max_chars={limit} "
+                        f"(the longest has {max(sizes)} characters), and the service would refuse them; "
+                        f"set serve.max_chars >= {max(sizes)} (configs/long-texts.yaml does for BBC News)")
     return task
 
 

@@ -16,6 +16,9 @@ def test_the_base_profiles_resolve_to_an_mpnet_source_and_a_served_speedup_targe
     long = C.resolve(["base", "long-texts"], ["task.name=bbc_news"])
     assert long.finetune.seq_len == long.export.seq_len == long.serve.max_seq_len == 256
     assert long.source.model == "mpnet" and long.task.name == "bbc_news"
+    from bort import data
+
+    assert len(data.check_servable(data.load_task(long), long).test) == 222  # every article within serve.max_chars
     from optimize.grid import make_grid
 
     grid = make_grid("source", F.Arch(12, 12, 768, 3072), cfg.optimize)

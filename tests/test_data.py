@@ -9,7 +9,7 @@ import pytest
 
 from bort import config as C
 from bort import data
-from bort.errors import ArtifactError
+from bort.errors import ArtifactError, DataError
 
 
 def make_cfg(seed: int = 0, **task) -> C.RunConfig:
@@ -206,3 +206,11 @@ def test_bort_data_reports_a_bad_file_in_one_line(tmp_path, capsys):
     assert cli.main(["data", "--set", f"task.name={path}"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and "bad.csv" in err
+
+
+def test_a_text_the_service_would_refuse_stops_the_run_at_data_naming_the_setting(tmp_path):
+    path = write(tmp_path / "t.csv", "text,label\n" + "".join(f"t{i},{i % 2}\n" for i in range(39)) + "x" * 2500 + ",1\n")
+    with pytest.raises(DataError, match=r"1 of 40 texts are longer than serve.max_chars=2000 .*2500.*serve.max_chars >= 2500"):
+        data.prepare(make_cfg(name=str(path)), tmp_path / "run")
+    cfg = C.from_dict({"task": {"name": str(path)}, "serve": {"max_chars": 2500}})
+    assert len(data.prepare(cfg, tmp_path / "run").train) == 32
