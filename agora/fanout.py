@@ -40,13 +40,14 @@ class ThetaRun:
     start: Any = None  # the best model so far, for warm-started θ
     threads: int = 0  # torch threads on a Ray worker (0: leave as they are, inline)
     device: str = "cpu"
+    precision: str = "fp32"  # as resolved in the driver
 
     def __call__(self, name: str, spec: T.TrainSpec, warm: bool, desc: str) -> tuple[Any, dict[str, Any]]:
         if self.threads:
             import torch
 
             torch.set_num_threads(self.threads)
-            T.set_device(self.device)
+            T.set_device(self.device, self.precision)
         student = self.student if isinstance(self.student, Path) else unpack_folder(self.student)
         model = copy.deepcopy(self.start) if warm else T.new_classifier(student, self.labels, spec.seed)
         T.fine_tune(model, self.tokenizer, self.train, spec, self.seq_len, self.guard, desc=desc)
@@ -57,7 +58,8 @@ class ThetaRun:
         """This run for another machine: the student's folder as bytes, torch threads fixed."""
         student = pack_folder(self.student) if isinstance(self.student, Path) else self.student
         return ThetaRun(student, self.labels, self.tokenizer, self.train, self.dev, self.guard, self.seq_len,
-                        self.eval_batch_size, self.start, threads, str(T.current_device()))
+                        self.eval_batch_size, self.start, threads, str(T.current_device()),
+                        T.current_precision())
 
 
 @contextlib.contextmanager

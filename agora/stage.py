@@ -71,8 +71,9 @@ def run(cfg: RunConfig, run_dir: Path, args: Any = None) -> Manifest:
     started, run_dir = time.time(), Path(run_dir)
     if cfg.finetune.num_threads:
         torch.set_num_threads(cfg.finetune.num_threads)
-    device = T.set_device(cfg.finetune.device)  # a CUDA device torch does not see: ConfigError, one line
-    log.info("finetune runs on %s", device)
+    # a CUDA device torch does not see, or bf16 where it would be emulated: ConfigError, one line
+    device = T.set_device(cfg.finetune.device, cfg.finetune.precision)
+    log.info("finetune runs on %s in %s", device, T.current_precision())
     student_dir, upstream = locate_student(cfg, run_dir)
     fingerprint = stage_fingerprint(cfg, STAGE, upstream={"pretrain": upstream})
     if is_up_to_date(run_dir, STAGE, fingerprint):
@@ -298,7 +299,7 @@ def ensure_distilled(cfg: RunConfig, out: Path, student_dir: Path, upstream: str
             log.info("distil: G made %d new texts from %d training texts (%d tries, %d in band)", len(points),
                      len(train), stats.candidates, stats.in_band)
         examples = list(train) + points
-        probs = T.predict(labeller.model, labeller.tokenizer, examples, f.seq_len, f.eval_batch_size)
+        probs = T.predict(labeller.model, labeller.tokenizer, examples, f.seq_len, f.eval_batch_size, fast=True)
         return examples, T.SoftTargets(probs, f.distil_temperature, f.distil_alpha)
 
     return _train_part(cfg, out, "distil", fp, student_dir, labels, spec, train, dev, guard, make_soft)
@@ -341,7 +342,7 @@ def agora_inputs(cfg: RunConfig, student_dir: Path, labels: list[str], train: li
     f = cfg.finetune
 
     def label(points: list) -> Any:
-        return T.predict(labeller.model, labeller.tokenizer, points, f.seq_len, f.eval_batch_size)
+        return T.predict(labeller.model, labeller.tokenizer, points, f.seq_len, f.eval_batch_size, fast=True)
 
     teacher = None
     if f.mistakes == "teachable":  # the labeller's own dev scores are on all of dev, the loop's dev is a part
@@ -404,6 +405,7 @@ def _metrics(cfg: RunConfig, task: Any, models: dict[str, Trained], result: loop
         "points_made": sum(r["made"] for r in result.rows), "points_kept": sum(r["kept"] for r in result.rows),
         "stop_reason": result.stop_reason, "labeller_cached": models["labeller"].cached,
         "plain_cached": models["plain"].cached, "device": str(T.current_device()),
+        "precision": T.current_precision(),
         "seconds": {name: m.seconds for name, m in models.items()},
         "guard": {"test_texts": len(guard), "dropped": dict(guard.dropped)},
         "sizes": {"train": len(task.train), "dev": len(task.dev), "test": len(task.test)},

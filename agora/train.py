@@ -6,7 +6,8 @@ pool) so a batch pads to its own longest text, not to ``seq_len``: on Rotten Tom
 tokens) that is about 2x fewer token positions than padding to 64. Every set a model is trained
 on passes the test :class:`~agora.guard.Guard` first.
 
-Where models run (``finetune.device``, set once per stage with :func:`set_device`): the CPU by
+Where models run (``finetune.device``, set once per stage with :func:`set_device`, with
+``finetune.precision``: bf16 autocast for training steps where it resolves to bf16): the CPU by
 default on a machine without a GPU. On a GPU a model moves there for one fine-tune or one
 prediction and back to the CPU afterwards, so everything between (copies, saving, the
 embedding table G reads) sees a CPU model. GPU kernels are not bit-deterministic: a run there
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 POOL_BATCHES = 50  # a shuffled pool of this many batches is sorted by length, then cut into batches
 _DEVICE = torch.device("cpu")
+_PRECISION = "fp32"  # of training steps and fast predictions (bort.devices.resolve_precision)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -45,15 +47,22 @@ def resolve_device(name: str) -> torch.device:
     return devices.resolve_device(name, "finetune.device")
 
 
-def set_device(name: str) -> torch.device:
-    """Where fine-tunes and predictions run from now on (see the module's notes)."""
-    global _DEVICE
-    _DEVICE = resolve_device(name)
+def set_device(name: str, precision: str = "fp32") -> torch.device:
+    """Where fine-tunes and predictions run from now on, and at which precision ``finetune.precision``
+    resolves to there (see the module's notes)."""
+    global _DEVICE, _PRECISION
+    device = resolve_device(name)
+    _PRECISION = devices.resolve_precision(precision, device, "finetune.precision")
+    _DEVICE = device
     return _DEVICE
 
 
 def current_device() -> torch.device:
     return _DEVICE
+
+
+def current_precision() -> str:
+    return _PRECISION
 
 
 def to_device(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -260,7 +269,8 @@ def fine_tune(model: Any, tokenizer: Any, examples: Sequence[Any], spec: TrainSp
         for step in tqdm(range(first, len(steps)), desc=desc, unit="step", leave=False, mininterval=2.0,
                          initial=first, total=len(steps)):
             idx = steps[step]
-            logits = model(**to_device(collate(data, idx, tokenizer.pad_token_id))).logits
+            with devices.autocast(_DEVICE, _PRECISION):
+                logits = model(**to_device(collate(data, idx, tokenizer.pad_token_id))).logits
             loss = _loss(logits, labels[idx].to(_DEVICE), None if targets is None else targets[idx].to(_DEVICE), soft)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
@@ -343,8 +353,12 @@ def _optimizer(model: Any, spec: TrainSpec, total_steps: int) -> tuple[Any, Any]
 
 
 def predict(model: Any, tokenizer: Any, examples: Sequence[Any], seq_len: int,
-            batch_size: int = 128) -> np.ndarray:
-    """Class probabilities (n, n_labels), in the order of `examples`."""
+            batch_size: int = 128, fast: bool = False) -> np.ndarray:
+    """Class probabilities (n, n_labels), in the order of `examples`.
+
+    `fast`: at the training precision (bf16 where ``finetune.precision`` resolved to it), for labels
+    and soft targets; scores (:func:`evaluate`) are always computed in fp32.
+    """
     if not examples:
         return np.zeros((0, model.config.num_labels), dtype=np.float32)
     data = encode(tokenizer, examples, seq_len)
@@ -352,7 +366,8 @@ def predict(model: Any, tokenizer: Any, examples: Sequence[Any], seq_len: int,
     model.eval()
     with torch.inference_mode(), on_device(model):
         for idx in length_batches(data.lengths, batch_size, rng=None):
-            logits = model(**to_device(collate(data, idx, tokenizer.pad_token_id))).logits
+            with devices.autocast(_DEVICE, _PRECISION if fast else "fp32"):
+                logits = model(**to_device(collate(data, idx, tokenizer.pad_token_id))).logits
             out[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
     return out
 

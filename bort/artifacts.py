@@ -62,19 +62,30 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def cpu_info() -> dict[str, Any]:
-    """CPU model, the ISA flags that matter for inference, core counts."""
+def _cpuinfo() -> tuple[str, set[str]]:
+    """The CPU's model name and its /proc/cpuinfo flags (empty where there is no such file)."""
     model, flags = platform.processor() or "unknown", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name") and model in ("unknown", "", platform.processor()):
                 model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
+            elif line.startswith("flags") and not flags:
                 flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
+    return model, flags
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's ISA flags as /proc/cpuinfo lists them."""
+    return _cpuinfo()[1]
+
+
+def cpu_info() -> dict[str, Any]:
+    """CPU model, the ISA flags that matter for inference and training, core counts."""
+    model, flags = _cpuinfo()
     wanted = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
-              "avx512_bf16", "amx_tile", "amx_int8", "neon", "asimd")
+              "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "neon", "asimd")
     return {
         "model": model,
         "isa": sorted(f for f in wanted if f in flags),

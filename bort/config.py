@@ -216,6 +216,9 @@ class PretrainConfig(Section):
     eval_every: Int = Field(100, ge=0)
     heldout_texts: Int = Field(256, ge=1)  # held-out corpus sentences for the loss and the embedding cosine
     device: Str = Field("auto", pattern=r"^(cpu|auto|cuda(:\d+)?)$")  # auto: a CUDA GPU when torch sees one
+    # bf16: mixed precision (matrix products in bfloat16, weights fp32); auto: bf16 where the CPU or GPU
+    # has native bfloat16 products, fp32 elsewhere (bort/devices.py). Served models are unaffected.
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
 
     @model_validator(mode="after")
     def _whole_shape(self) -> PretrainConfig:
@@ -294,6 +297,9 @@ class FinetuneConfig(Section):
     freeze_word_embeddings: Bool = True  # ~35% faster steps on CPU; little to learn there from a task
     num_threads: Int = Field(0, ge=0)  # torch threads while fine-tuning; 0: torch's default (one per core)
     device: Str = Field("auto", pattern=r"^(cpu|auto|cuda(:\d+)?)$")  # auto: a CUDA GPU when torch sees one
+    # bf16: mixed precision (matrix products in bfloat16, weights fp32); auto: bf16 where the CPU or GPU
+    # has native bfloat16 products, fp32 elsewhere (bort/devices.py). Served models are unaffected.
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
     # The seed of the students' fine-tunes (plain, distil, Agora) when it should differ from the run's:
     # seeds of one split, one labeller and one pretrained student (-1: the run's seed).
     student_seed: Int = Field(-1, ge=-1)

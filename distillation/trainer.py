@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import torch
 
+from bort import devices
 from distillation import checkpoint as C
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class TrainSpec:
     checkpoint_every: int = 0
     eval_every: int = 0
     seed: int = 0
+    precision: str = "fp32"  # bf16: the teacher's and the student's products under bf16 autocast (bort.devices)
 
 
 @dataclass
@@ -95,9 +97,13 @@ def make_optimizer(model: torch.nn.Module, spec: TrainSpec) -> torch.optim.AdamW
     return torch.optim.AdamW(groups, lr=spec.lr, fused=True)
 
 
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 def on_model_device(batch: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """`batch` on the device the model's weights are on (``pretrain.device``); no copy on the CPU."""
-    device = next(model.parameters()).device
+    device = _device(model)
     if device.type == "cpu":
         return batch
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
@@ -170,7 +176,9 @@ def train(model: torch.nn.Module, source: BatchSource, spec: TrainSpec, heldout:
                dynamic_ncols=True)
     stopped_by, smooth, run_start = "steps", None, (state["step"], state["tokens"], clock.elapsed())
     while (p := _progress(state, clock, spec)) < 1.0:
-        loss = _step(model, opt, source.batch_for(state["step"]), spec, state, p)
+        with devices.autocast(_device(model), spec.precision):  # the teacher's forward, where it runs per step
+            batch = source.batch_for(state["step"])
+        loss = _step(model, opt, batch, spec, state, p)
         smooth = loss if smooth is None else 0.9 * smooth + 0.1 * loss
         state["elapsed_s"] = clock.elapsed()
         row = {"step": state["step"], "loss": loss, "lr": opt.param_groups[0]["lr"], "tokens": state["tokens"],
@@ -211,7 +219,8 @@ def _step(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: dict[str, t
     for group in opt.param_groups:
         group["lr"] = lr
     batch = on_model_device(batch, model)
-    loss = model(batch)["loss"]
+    with devices.autocast(_device(model), spec.precision):
+        loss = model(batch)["loss"]
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if spec.grad_clip > 0:

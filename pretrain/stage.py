@@ -34,7 +34,7 @@ from bort.artifacts import (
 )
 from bort.config import RunConfig
 from bort.corpus import corpus_texts
-from bort.devices import resolve_device
+from bort.devices import resolve_device, resolve_precision
 from bort.errors import ArtifactError
 from distillation import batches as B
 from distillation import extract, trainer
@@ -56,6 +56,8 @@ class Outcome:
     embedding_cosine: float
     initial_cosine: float  # before training: what the initialisation alone gives
     mode: str  # representation | mlm
+    device: str = "cpu"
+    precision: str = "fp32"  # what pretrain.precision resolved to on that device
 
 
 def run(cfg: RunConfig, run_dir: str | Path, args: Any = None) -> Any:
@@ -124,19 +126,21 @@ def distil(cfg: RunConfig, source: F.Source, arch: F.Arch, train_texts: list[str
     model = distill.Distiller(student, teacher.config, channel_index=channels, seed=cfg.seed)
     device = resolve_device(p.device, "pretrain.device")  # importance and extraction ran on the CPU
     teacher, model = teacher.to(device), model.to(device)
-    log.info("pretrain runs on %s", device)
+    precision = resolve_precision(p.precision, device, "pretrain.precision")
+    log.info("pretrain runs on %s in %s", device, precision)
     masker = B.Masker(tokenizer, cfg.seed) if distill.has_mlm_head(teacher) else None
     train_batches = B.TextBatches(seqs, p.batch_size, tokenizer.pad_token_id, teacher, cfg.seed, masker)
     heldout = heldout_batches(teacher, tokenizer, held_texts, p, masker)
     spec = trainer.TrainSpec(max_steps=p.max_steps, lr=p.lr, weight_decay=p.weight_decay,
                              warmup_ratio=p.warmup_ratio, grad_clip=p.grad_clip, weight_clip=p.weight_clip,
                              time_budget_s=p.time_budget_s, checkpoint_every=p.checkpoint_every,
-                             eval_every=p.eval_every, seed=cfg.seed)
+                             eval_every=p.eval_every, seed=cfg.seed, precision=precision)
     initial = distill.embedding_cosine(model, teacher, tokenizer, held_texts, p.seq_len)
     result = trainer.train(model, train_batches, spec, heldout, folder=checkpoints, key=key, progress=progress)
     cosine = distill.embedding_cosine(model, teacher, tokenizer, held_texts, p.seq_len)
     model = model.to("cpu")  # saved and handed on from the CPU
-    return Outcome(model, tokenizer, result, layers, cosine, initial, "mlm" if masker else "representation")
+    return Outcome(model, tokenizer, result, layers, cosine, initial, "mlm" if masker else "representation",
+                   str(device), precision)
 
 
 def heldout_batches(teacher: Any, tokenizer: Any, texts: list[str], p: Any, masker: B.Masker | None) -> list[B.Batch]:
@@ -202,4 +206,5 @@ def summary(cfg: RunConfig, source: F.Source, arch: F.Arch, outcome: Outcome) ->
             "tokens_per_s": round(r.tokens / max(r.seconds, 1e-9), 1), "stopped_by": r.stopped_by,
             "init": cfg.pretrain.init, "arch": arch.to_dict(), "shape": arch.label(), "params": params,
             "source": source.name, "source_arch": source.arch.label(), "source_layers": outcome.layers,
-            "loss": outcome.mode, "torch_threads": torch.get_num_threads()}
+            "loss": outcome.mode, "torch_threads": torch.get_num_threads(), "device": outcome.device,
+            "precision": outcome.precision}
