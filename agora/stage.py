@@ -182,6 +182,8 @@ def _part_fingerprint(cfg: RunConfig, keys: tuple[str, ...], extra: dict[str, An
     f = data["finetune"]
     task = {k: v for k, v in data["task"].items() if k != "metric"}  # how models are judged, not trained
     blob = {"seed": cfg.seed, "task": task, **{k: f[k] for k in keys}, **extra}
+    if T.current_precision() != "fp32":  # a bf16 part is another model; fp32 parts keep their old keys
+        blob["precision"] = T.current_precision()
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -265,3 +265,21 @@ def test_auto_recipe_recommends_by_training_size():
     assert recipe(10_200)["recommended"] == "distil" and "distil_from" in recipe(10_200)["why"]
     assert recipe(10_200, "finetune.distil=false")["recommended"] == "agora"
     assert recipe(10_200, "finetune.agora_loop=on")["agora_loop"] is True
+
+
+def test_a_bf16_run_retrains_the_parts_an_fp32_run_cached(finished, task_csv, tiny_source, tmp_path, monkeypatch):
+    import shutil
+
+    from agora import train as T
+    from bort import devices
+
+    _, run_dir, manifest = finished
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    monkeypatch.setattr(devices, "native_bf16", lambda device, cpu_flags=None: True)
+    try:
+        again = staged(stage.run, tiny_stage_cfg(task_csv, tiny_source, "finetune.precision=auto"), copy)
+    finally:
+        T.set_device("cpu")
+    assert again.metrics["precision"] == "bf16" and manifest.metrics["precision"] == "fp32"
+    assert not again.metrics["labeller_cached"] and not again.metrics["plain_cached"]
