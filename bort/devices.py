@@ -8,8 +8,9 @@ Precision: ``fp32``, ``bf16`` (mixed precision: fp32 weights, optimiser and loss
 products in bfloat16 under ``torch.autocast``) or ``auto`` (bf16 where the hardware has native
 bfloat16 products: a CUDA GPU that supports it, or a CPU with AVX512-BF16 or AMX-BF16; fp32
 elsewhere, where bf16 would be emulated and slower). Measured on a 2-core AMD EPYC with AVX512-BF16
-(bench/results/train_precision.md): one MPNet-base training step, batch 16 x 256 tokens, 3.8x
-faster in bf16. Only training uses it: what is exported and served is fp32 or int8 ONNX.
+(bench/results/train_precision.md): the MPNet labeller's fine-tune step at 16 x 256 tokens 2.7x
+faster in bf16, a base pretraining step 3.0x. Only training uses it: what is exported and served
+is fp32 or int8 ONNX.
 
 torch is imported inside the functions: the core stays light to import.
 """
