@@ -100,6 +100,12 @@ def _over_seeds(runs: list[Path]) -> dict[str, Any]:
         out["accuracy"]["deployed"] = {"mean": statistics.fmean(deployed),
                                        "std": statistics.stdev(deployed) if len(deployed) > 1 else 0.0,
                                        "values": deployed, "which": [r["deploy"] for r in rows]}
+    served = [read_manifest(r, "export", verify=False).metrics["served_test_accuracy"]["optimized"]
+              for r in runs if (r / "export").is_dir()]
+    if len(served) == len(rows) > 0:  # what the endpoint answers: the deployed student as exported (int8 or fp32)
+        out["accuracy"]["served as deployed"] = {"mean": statistics.fmean(served),
+                                                 "std": statistics.stdev(served) if len(served) > 1 else 0.0,
+                                                 "values": served}
     return out
 
 
