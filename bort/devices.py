@@ -78,7 +78,8 @@ def resolve_precision(name: str, device: Any, key: str = "precision", cpu_flags:
 
 
 def autocast(device: Any, precision: str) -> AbstractContextManager[Any]:
-    """The block's matrix products in bfloat16 when `precision` is ``bf16``; a no-op for ``fp32``."""
+    """The block's matrix products in bfloat16 when `precision` is ``bf16``; in fp32 for ``fp32``, also
+    inside an enclosing bf16 block (losses leave autocast this way)."""
     import torch
 
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")

@@ -33,6 +33,8 @@ import torch
 from torch import nn
 from torch.nn import functional as nnf
 
+from bort.devices import autocast
+
 HIDDEN_WEIGHT = 1.0
 RELATION_WEIGHT = 1.0
 MLM_WEIGHT = 0.1
@@ -154,22 +156,17 @@ class Distiller(nn.Module):
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         if self.mlm:
             logits = self.student(**inputs).logits
-            with _full_precision(logits):
+            with autocast(logits.device, "fp32"):
                 loss = bort_kd_loss(logits.float(), batch["t.logits"].float(), batch["labels"])
             return {"loss": loss}
         mask = batch["attention_mask"]
         with capture_qkv(self.student) as qkv:
             hidden = self.student(**inputs).last_hidden_state
         projected = self.project(hidden)
-        with _full_precision(hidden):  # under bf16 autocast the model's products are bf16, the loss is not
+        with autocast(hidden.device, "fp32"):  # under bf16 autocast the model's products are bf16, the loss is not
             h_loss = hidden_loss(batch["t.hidden"].float(), projected.float(), mask)
             r_loss = sum(relation_kl(batch[f"t.{k}"].float(), qkv[k].float(), mask, self.n_rel) for k in "qkv") / 3.0
         return {"loss": HIDDEN_WEIGHT * h_loss + RELATION_WEIGHT * r_loss, "hidden": h_loss, "relation": r_loss}
-
-
-def _full_precision(like: torch.Tensor) -> Any:
-    """A block outside any autocast on `like`'s device: losses sum over many terms and need fp32."""
-    return torch.autocast(like.device.type, enabled=False)
 
 
 def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, special_ids: list[int], mask_id: int,
