@@ -59,7 +59,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from serve_stacks import framework_overhead  # noqa: E402  (this folder)
 
 from bort import config  # noqa: E402
-from bort.artifacts import atomic_write_json, atomic_write_text, cpu_info, library_versions  # noqa: E402
+from bort.artifacts import atomic_write_json, atomic_write_text, cpu_info, library_versions, read_manifest  # noqa: E402
+from bort.errors import ArtifactError  # noqa: E402
 from runtime import recipe  # noqa: E402
 from serve.predictor import Predictor  # noqa: E402
 from serve.server import ServerProcess  # noqa: E402
@@ -153,6 +154,14 @@ def task_texts(run_dir: Path, count: int) -> tuple[str, list[str] | list[tuple[s
     if task.is_pair:
         return task.name, [(e.text, e.text_pair or "") for e in examples]
     return task.name, [e.text for e in examples]
+
+
+def served_length(run_dir: Path) -> int:
+    """The token cap the run's service reads a text to (its ``serve.max_seq_len``: 256 for long texts)."""
+    try:
+        return int(read_manifest(run_dir, "export", verify=False).config["serve"]["max_seq_len"])
+    except ArtifactError:  # a folder holding only an export: the service's default
+        return int(config.resolve([], []).serve.max_seq_len)
 
 
 def _feeds_body(predictor: Predictor, item: str | tuple[str, str]) -> tuple[dict, bytes, Any]:
@@ -317,28 +326,31 @@ def load_phase(server: ServerProcess, bodies: list[bytes], users: int, seconds: 
 
 
 def measure_model(name: str, folder: Path, variants: list[str], rounds: int, n: int,
-                  client_cls: Any = SocketClient, inputs: list | None = None, input_name: str = "") -> list[dict]:
+                  client_cls: Any = SocketClient, inputs: list | None = None, input_name: str = "",
+                  seq_len: int = SEQ_LEN) -> list[dict]:
     """Interleaved raw / predict / served rounds for each precision and service variant.
 
     ``inputs``: texts (or pairs), one per request, in turn (raw, predict and served see the same
-    sequence, and with ``n`` of them every round sends each once); by default the one text that
-    fills 128 tokens."""
+    sequence, and with ``n`` of them every round sends each once), each cut to ``seq_len`` tokens as
+    the service cuts it; by default the one text that fills 128 tokens."""
     rows = []
     fixed = inputs is None
     inputs = [TEXT] if fixed else inputs
+    assert not fixed or seq_len == SEQ_LEN, seq_len
     for precision in ("fp32", "int8"):
         path = folder / precision
         for variant in variants:
             overrides, env = VARIANTS[variant]
             cfg = config.resolve([], ["serve.port=0", f"serve.num_threads={THREADS}",
-                                      f"serve.max_seq_len={SEQ_LEN}", *overrides])
+                                      f"serve.max_seq_len={seq_len}", *overrides])
             # The in-process baseline uses the same onnxruntime settings as the server.
-            predictor = Predictor(path, num_threads=THREADS, max_seq_len=SEQ_LEN, spin=cfg.serve.ort_spin,
+            predictor = Predictor(path, num_threads=THREADS, max_seq_len=seq_len, spin=cfg.serve.ort_spin,
                                   spin_stop=cfg.serve.ort_spin_stop)
             feeds, bodies, calls = zip(*(_feeds_body(predictor, item) for item in inputs), strict=True)
             lengths = [int(f["input_ids"].shape[1]) for f in feeds]
             assert not fixed or lengths == [SEQ_LEN], lengths
-            label = f"{SEQ_LEN} tokens" if fixed else f"{input_name}, median {int(np.median(lengths))} tokens"
+            label = (f"{SEQ_LEN} tokens" if fixed else
+                     f"{input_name}, median {int(np.median(lengths))} tokens (cut at {seq_len})")
             log_path = Path(tempfile.gettempdir()) / f"bort-bench-{name}-{precision}-{variant}.log"
             with ServerProcess(path, cfg.serve, log_path=log_path, env=env) as server:
                 raw_ms(predictor, feeds, 20)
@@ -500,9 +512,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.run_dir:
             raise SystemExit("--task-texts measures a run's models: give --run-dir too")
         task, inputs = task_texts(Path(args.run_dir), n)
+        cut = served_length(Path(args.run_dir))
         rows += [row for name, folder in run_models(Path(args.run_dir)).items()
                  for row in measure_model(name, folder, variants, rounds, n, CLIENTS[args.client], inputs,
-                                          f"{task} test texts")]
+                                          f"{task} test texts", cut)]
     meta = {"cpu": cpu_info(), "versions": library_versions(), "seq_len": SEQ_LEN, "threads": THREADS,
             "rounds": rounds, "n": n, "client": args.client, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "load_average": os.getloadavg(), "framework": framework, "gap": gap}

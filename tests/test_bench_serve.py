@@ -139,3 +139,13 @@ def test_served_prediction_compares_each_prediction_with_locust_at_the_fewest_us
     out = SP.compare(rows, loadtest)
     assert out[0]["measured_p50_ms"] == 3.0 and out[0]["error"] == 0.1 and out[0]["within_goal"]
     assert out[1]["users"] == 1 and out[1]["error"] == round((14.0 - 17.0) / 17.0, 4) and not out[1]["within_goal"]
+
+
+def test_task_texts_are_cut_where_the_runs_service_cuts_them(tmp_path):
+    from bort.artifacts import write_manifest
+    from bort.config import resolve
+
+    assert SO.served_length(tmp_path) == resolve([], []).serve.max_seq_len  # no export: the service's default
+    cfg = resolve([ROOT / "configs" / "long-texts.yaml"], [])
+    write_manifest(tmp_path, "export", cfg, fingerprint="x", metrics={})
+    assert SO.served_length(tmp_path) == 256
