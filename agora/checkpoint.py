@@ -1,7 +1,9 @@
 """Round checkpoints of the Agora loop: state, points added so far, the best and round-1 models.
 
-A run interrupted between rounds resumes at the next round when its stage fingerprint matches;
-seeds derive from the iteration number, so the resumed run is the run that would have happened.
+A run interrupted between rounds resumes at the next round when its fingerprint matches; seeds
+derive from the iteration number, so the resumed run is the run that would have happened. A
+finished loop is kept as finished (no Θ left, its stop reason): a rerun of the stage that changed
+only what Agora does not read (the distillation arm, the deploy choice) returns it untrained.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class LoopState:
     best_iteration: int = -1
     rows: list[dict[str, Any]] = field(default_factory=list)
     points: list[Example] = field(default_factory=list)
+    stop: str = ""  # why the loop ended, once it has
 
 
 def save_state(folder: Path, fingerprint: str, state: LoopState, best_model: Any, round1_model: Any,
@@ -50,7 +53,7 @@ def save_state(folder: Path, fingerprint: str, state: LoopState, best_model: Any
         "fingerprint": fingerprint, "thetas": state.thetas, "iteration": state.iteration,
         "round": state.round, "replays_used": state.replays_used, "replaying": state.replaying,
         "best_score": state.best_score, "best_dev": _jsonable(state.best_dev),
-        "best_iteration": state.best_iteration, "rows": _jsonable(state.rows)})
+        "best_iteration": state.best_iteration, "rows": _jsonable(state.rows), "stop": state.stop})
 
 
 def _jsonable(obj: Any) -> Any:
@@ -73,6 +76,10 @@ def load_state(folder: Path, fingerprint: str, thetas: list[str]) -> tuple[LoopS
     state = LoopState(thetas=data["thetas"], iteration=data["iteration"], round=data["round"],
                    replays_used=data["replays_used"], replaying=data["replaying"],
                    best_score=data["best_score"], best_dev=best_dev,
-                   best_iteration=data["best_iteration"], rows=data["rows"], points=points)
-    log.info("agora: resuming at iteration %d from %s", state.iteration, folder)
+                   best_iteration=data["best_iteration"], rows=data["rows"], points=points,
+                   stop=data.get("stop", ""))
+    if state.stop:
+        log.info("agora: finished in %s (%s); not trained again", folder, state.stop)
+    else:
+        log.info("agora: resuming at iteration %d from %s", state.iteration, folder)
     return state, T.load_classifier(folder / "best"), T.load_classifier(folder / "round1")

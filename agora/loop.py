@@ -157,6 +157,7 @@ class AgoraResult:
     points: list[Example]
     stop_reason: str
     round1_model: Any = None
+    cached: bool = False  # the finished loop of an earlier run with the same fingerprint
 
 
 def run_agora(inputs: AgoraInputs, cfg: RunConfig, checkpoint_dir: Path, fingerprint: str) -> AgoraResult:
@@ -172,6 +173,9 @@ def _loop(inputs: AgoraInputs, cfg: RunConfig, checkpoint_dir: Path, fingerprint
     deadline = time.time() + f.time_budget_s
     inputs = replace(inputs, split=dev_split(inputs.dev, f.selection_holdout, cfg.seed))
     state, best_model, round1_model = load_state(checkpoint_dir, fingerprint, list(thetas))
+    if state.stop:  # finished before, with this fingerprint
+        return AgoraResult(best_model, state.best_dev, state.best_iteration, state.rows, state.points, state.stop,
+                           round1_model, cached=True)
     stop = "Θ exhausted"
     while state.thetas:
         if state.iteration > 0 and time.time() > deadline:
@@ -206,6 +210,8 @@ def _loop(inputs: AgoraInputs, cfg: RunConfig, checkpoint_dir: Path, fingerprint
                  row["kept"], len(row["thetas_left"]))
         _advance(state, replay and go_on, left if go_on else [])
         save_state(checkpoint_dir, fingerprint, state, best_model, round1_model, inputs.tokenizer)
+    state.thetas, state.stop = [], stop
+    save_state(checkpoint_dir, fingerprint, state, best_model, round1_model, inputs.tokenizer)  # finished
     return AgoraResult(best_model, state.best_dev, state.best_iteration, state.rows, state.points, stop,
                        round1_model)
 

@@ -4,7 +4,9 @@ Outputs in ``<run>/finetune/``: ``models/{labeller,plain,agora}/`` (Hugging Face
 classifiers with label maps), ``rounds.{json,csv}``, ``accuracy.png``, ``report.md`` and the
 manifest, whose metrics give each model's test accuracy and macro-F1 and which one to deploy.
 The labeller and plain models are cached as parts (``parts/*.json``): a rerun with other Agora
-settings reuses them. The Agora loop checkpoints every round under ``checkpoints/agora``.
+settings reuses them. The Agora loop checkpoints every round under ``checkpoints/agora`` and keeps
+its finished state there: a rerun that changes only what the loop does not read (the distillation
+arm, the deploy choice: :data:`NOT_AGORA`) reuses it too.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -44,6 +45,12 @@ from bort.task import Example
 
 log = logging.getLogger(__name__)
 STAGE = "finetune"
+# finetune settings the Agora loop and its inputs do not read: the distillation arm, the deploy
+# choice, the labeller's gate, the ablation (a rerun of the loop's path) and where θ runs execute
+# (Ray or inline give the same rows). Changing them reuses a finished loop (agora_fingerprint).
+NOT_AGORA = ("distil", "distil_epochs", "distil_lr", "distil_temperature", "distil_alpha", "distil_augment",
+             "distil_candidates", "distil_from", "choice_alpha", "labeller_min_margin", "ablation", "executor",
+             "ray_address")
 TRAIN_KEYS = ("seq_len", "batch_size", "weight_decay", "warmup_ratio", "grad_clip", "freeze_word_embeddings", "min_steps")
 
 
@@ -103,9 +110,11 @@ def run(cfg: RunConfig, run_dir: Path, args: Any = None) -> Manifest:
                            transform)
     loop_cfg = cfg if recipe["agora_loop"] else cfg.model_copy(
         update={"finetune": cfg.finetune.model_copy(update={"max_rounds": 1})})  # round 1: Θ enumeration
-    result = loop.run_agora(inputs, loop_cfg, out / "checkpoints" / "agora", fingerprint)
+    result = loop.run_agora(inputs, loop_cfg, out / "checkpoints" / "agora",
+                            agora_fingerprint(loop_cfg, {"pretrain": upstream}))
     T.save_classifier(result.model, plain.tokenizer, out / "models" / "agora")
-    trained["agora"] = Trained(result.model, plain.tokenizer, result.dev, round(time.time() - agora_started, 1))
+    seconds = sum(r.get("seconds", 0.0) for r in result.rows) if result.cached else time.time() - agora_started
+    trained["agora"] = Trained(result.model, plain.tokenizer, result.dev, round(seconds, 1), cached=result.cached)
     facts = _metrics(cfg, task, trained, result, guard, judge, choice, recipe["recommended"])
     facts["labeller_gate"], facts["recipe"] = labeller_gate, recipe
     if cfg.finetune.ablation:
@@ -115,10 +124,17 @@ def run(cfg: RunConfig, run_dir: Path, args: Any = None) -> Manifest:
     report.plot_rounds(out / "accuracy.png", result.rows, {"plain": plain.dev, "labeller": labeller.dev},
                        judge.metric)
     report.write_report(out, facts, result.rows, cfg)
-    manifest = write_manifest(run_dir, STAGE, cfg, fingerprint=fingerprint, metrics=facts,
-                              inputs={"pretrain": upstream}, started=started)
-    shutil.rmtree(out / "checkpoints" / "agora", ignore_errors=True)  # done: the models are in models/
-    return manifest
+    return write_manifest(run_dir, STAGE, cfg, fingerprint=fingerprint, metrics=facts,
+                          inputs={"pretrain": upstream}, started=started)
+
+
+def agora_fingerprint(cfg: RunConfig, upstream: dict[str, str]) -> str:
+    """The stage's fingerprint with the settings the Agora loop does not read (:data:`NOT_AGORA`) at
+    their defaults: what the loop's checkpoint is kept under."""
+    defaults = type(cfg.finetune).model_fields
+    neutral = cfg.finetune.model_copy(update={k: defaults[k].get_default(call_default_factory=True)
+                                              for k in NOT_AGORA})
+    return stage_fingerprint(cfg.model_copy(update={"finetune": neutral}), STAGE, upstream=upstream)
 
 
 def split_choice(dev: list, cfg: RunConfig) -> tuple[list, list]:
@@ -406,7 +422,7 @@ def _metrics(cfg: RunConfig, task: Any, models: dict[str, Trained], result: loop
         "replays": sum(bool(r["replay"]) for r in result.rows), "best_iteration": result.best_iteration,
         "points_made": sum(r["made"] for r in result.rows), "points_kept": sum(r["kept"] for r in result.rows),
         "stop_reason": result.stop_reason, "labeller_cached": models["labeller"].cached,
-        "plain_cached": models["plain"].cached, "device": str(T.current_device()),
+        "plain_cached": models["plain"].cached, "agora_cached": models["agora"].cached, "device": str(T.current_device()),
         "precision": T.current_precision(),
         "seconds": {name: m.seconds for name, m in models.items()},
         "guard": {"test_texts": len(guard), "dropped": dict(guard.dropped)},

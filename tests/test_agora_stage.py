@@ -97,7 +97,7 @@ def test_stage_skips_when_up_to_date_and_caches_labeller_and_plain(finished, tas
                            "finetune.ablation=true")
     again = staged(stage.run, other, run_dir)
     assert again.fingerprint != manifest.fingerprint
-    assert again.metrics["labeller_cached"] and again.metrics["plain_cached"]
+    assert again.metrics["labeller_cached"] and again.metrics["plain_cached"] and not again.metrics["agora_cached"]
     assert again.metrics["accuracy"]["labeller"] == manifest.metrics["accuracy"]["labeller"]
     assert 0.0 <= again.metrics["ablation"]["accuracy"] <= 1.0 and "ablation" not in manifest.metrics
 
@@ -283,3 +283,21 @@ def test_a_bf16_run_retrains_the_parts_an_fp32_run_cached(finished, task_csv, ti
         T.set_device("cpu")
     assert again.metrics["precision"] == "bf16" and manifest.metrics["precision"] == "fp32"
     assert not again.metrics["labeller_cached"] and not again.metrics["plain_cached"]
+
+
+def test_a_rerun_that_changes_only_the_distillation_arm_or_the_choice_reuses_the_finished_loop(
+        finished, task_csv, tiny_source, tmp_path):
+    import shutil
+
+    _, run_dir, _ = finished
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    first = staged(stage.run, tiny_stage_cfg(task_csv, tiny_source), copy).metrics
+    other = tiny_stage_cfg(task_csv, tiny_source, "finetune.distil=false", "finetune.choice_alpha=1")
+    again = staged(stage.run, other, copy).metrics
+    assert again["agora_cached"] and "distil" not in again["accuracy"]
+    for key in ("iterations", "best_iteration", "points_kept", "stop_reason", "enumeration"):
+        assert again[key] == first[key], key
+    assert again["accuracy"]["agora"] == first["accuracy"]["agora"]
+    changed = staged(stage.run, tiny_stage_cfg(task_csv, tiny_source, "finetune.max_rounds=1"), copy).metrics
+    assert not changed["agora_cached"] and changed["iterations"] == 1
