@@ -156,12 +156,14 @@ def task_texts(run_dir: Path, count: int) -> tuple[str, list[str] | list[tuple[s
     return task.name, [e.text for e in examples]
 
 
-def served_length(run_dir: Path) -> int:
-    """The token cap the run's service reads a text to (its ``serve.max_seq_len``: 256 for long texts)."""
+def served_limits(run_dir: Path) -> tuple[int, int]:
+    """The token cap and character limit of the run's service (``serve.max_seq_len`` and
+    ``serve.max_chars``: 256 tokens of up to 30,000 characters for long texts)."""
     try:
-        return int(read_manifest(run_dir, "export", verify=False).config["serve"]["max_seq_len"])
-    except ArtifactError:  # a folder holding only an export: the service's default
-        return int(config.resolve([], []).serve.max_seq_len)
+        serve = read_manifest(run_dir, "export", verify=False).config["serve"]
+    except ArtifactError:  # a folder holding only an export: the service's defaults
+        serve = config.resolve([], []).serve.model_dump()
+    return int(serve["max_seq_len"]), int(serve["max_chars"])
 
 
 def _feeds_body(predictor: Predictor, item: str | tuple[str, str]) -> tuple[dict, bytes, Any]:
@@ -327,12 +329,13 @@ def load_phase(server: ServerProcess, bodies: list[bytes], users: int, seconds: 
 
 def measure_model(name: str, folder: Path, variants: list[str], rounds: int, n: int,
                   client_cls: Any = SocketClient, inputs: list | None = None, input_name: str = "",
-                  seq_len: int = SEQ_LEN) -> list[dict]:
+                  seq_len: int = SEQ_LEN, max_chars: int = 0) -> list[dict]:
     """Interleaved raw / predict / served rounds for each precision and service variant.
 
     ``inputs``: texts (or pairs), one per request, in turn (raw, predict and served see the same
     sequence, and with ``n`` of them every round sends each once), each cut to ``seq_len`` tokens as
-    the service cuts it; by default the one text that fills 128 tokens."""
+    the service cuts it (``max_chars``: the service's character limit, 0 for its default); by
+    default the one text that fills 128 tokens."""
     rows = []
     fixed = inputs is None
     inputs = [TEXT] if fixed else inputs
@@ -342,7 +345,8 @@ def measure_model(name: str, folder: Path, variants: list[str], rounds: int, n: 
         for variant in variants:
             overrides, env = VARIANTS[variant]
             cfg = config.resolve([], ["serve.port=0", f"serve.num_threads={THREADS}",
-                                      f"serve.max_seq_len={seq_len}", *overrides])
+                                      f"serve.max_seq_len={seq_len}",
+                                      *([f"serve.max_chars={max_chars}"] if max_chars else []), *overrides])
             # The in-process baseline uses the same onnxruntime settings as the server.
             predictor = Predictor(path, num_threads=THREADS, max_seq_len=seq_len, spin=cfg.serve.ort_spin,
                                   spin_stop=cfg.serve.ort_spin_stop)
@@ -512,10 +516,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.run_dir:
             raise SystemExit("--task-texts measures a run's models: give --run-dir too")
         task, inputs = task_texts(Path(args.run_dir), n)
-        cut = served_length(Path(args.run_dir))
+        cut = served_limits(Path(args.run_dir))
         rows += [row for name, folder in run_models(Path(args.run_dir)).items()
                  for row in measure_model(name, folder, variants, rounds, n, CLIENTS[args.client], inputs,
-                                          f"{task} test texts", cut)]
+                                          f"{task} test texts", *cut)]
     meta = {"cpu": cpu_info(), "versions": library_versions(), "seq_len": SEQ_LEN, "threads": THREADS,
             "rounds": rounds, "n": n, "client": args.client, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "load_average": os.getloadavg(), "framework": framework, "gap": gap}

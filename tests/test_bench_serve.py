@@ -145,7 +145,8 @@ def test_task_texts_are_cut_where_the_runs_service_cuts_them(tmp_path):
     from bort.artifacts import write_manifest
     from bort.config import resolve
 
-    assert SO.served_length(tmp_path) == resolve([], []).serve.max_seq_len  # no export: the service's default
+    default = resolve([], []).serve
+    assert SO.served_limits(tmp_path) == (default.max_seq_len, default.max_chars)  # no export: the defaults
     cfg = resolve([ROOT / "configs" / "long-texts.yaml"], [])
     write_manifest(tmp_path, "export", cfg, fingerprint="x", metrics={})
-    assert SO.served_length(tmp_path) == 256
+    assert SO.served_limits(tmp_path) == (256, 30000)
