@@ -240,6 +240,9 @@ def tail(path: Path | None, lines: int = 15) -> str:
         return "(no log)"
 
 
+START_ATTEMPTS = 3  # a service that exits before ready because a port was taken under it is started again
+
+
 def start(spec: ServiceSpec, log_path: Path | None, cpus: set[int] | None = None) -> RunningService:
     """Start `spec` in a new process group and wait until it is ready; on any failure, stop it.
 
@@ -254,20 +257,32 @@ def start(spec: ServiceSpec, log_path: Path | None, cpus: set[int] | None = None
         raise BortError(f"port {spec.port} on {spec.host} is already in use (a server left running?); "
                         f"{spec.port_hint}")
     env = {**os.environ, **spec.env}
-    if log_path is None:
-        proc = spawn(spec.command, None, env, spec.cwd, cpus)
-    else:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as out:  # the child keeps its own copy of the descriptor
-            proc = spawn(spec.command, out, env, spec.cwd, cpus)
-    running = RunningService(spec=spec, proc=proc, log_path=log_path)
-    log.info("started %s (pid %d, log %s)", spec.name, proc.pid, log_path or "stdout")
-    try:
-        running.ready_s = wait_ready(running)
-        running.refresh_groups()
-    except BaseException:
-        stop(running)
-        raise
+    for attempt in range(1, START_ATTEMPTS + 1):
+        if log_path is None:
+            proc = spawn(spec.command, None, env, spec.cwd, cpus)
+        else:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(log_path, "ab") as out:  # the child keeps its own copy of the descriptor
+                proc = spawn(spec.command, out, env, spec.cwd, cpus)
+        running = RunningService(spec=spec, proc=proc, log_path=log_path)
+        log.info("started %s (pid %d, log %s)", spec.name, proc.pid, log_path or "stdout")
+        try:
+            running.ready_s = wait_ready(running)
+            running.refresh_groups()
+        except BortError as e:
+            stop(running)
+            # BentoML's process manager binds control ports it picks itself; another process can take
+            # one between its pick and its bind (seen once in about thirty CI runs): start it again.
+            if attempt == START_ATTEMPTS or running.proc.poll() is None or "Address already in use" not in str(e):
+                raise
+            log.warning("%s could not bind a port (attempt %d of %d); starting it again", spec.name, attempt,
+                        START_ATTEMPTS)
+            time.sleep(0.5)
+            continue
+        except BaseException:
+            stop(running)
+            raise
+        break
     log.info("%s ready on %s after %.1f s", spec.name, spec.url, running.ready_s)
     return running
 

@@ -88,3 +88,26 @@ def test_a_service_without_a_log_file_writes_to_ours_and_still_stops(tmp_path):
         pids = running.pids()
         assert running.proc.pid in pids and len(pids) == 2
     assert not S.alive(pids)
+
+
+def test_a_server_that_lost_a_port_race_is_started_again(tmp_path):
+    import dataclasses
+    import shlex
+
+    spec = standin_spec()
+    marker = tmp_path / "first-start"
+    script = (f"if [ ! -e {shlex.quote(str(marker))} ]; then touch {shlex.quote(str(marker))}; "
+              "echo 'zmq.error.ZMQError: Address already in use' >&2; exit 1; fi; "
+              f"exec {shlex.join(spec.command)}")
+    racy = dataclasses.replace(spec, command=("bash", "-c", script))
+    with S.serving(racy, tmp_path / "server.log") as running:
+        assert running.proc.poll() is None and marker.exists()
+    assert "Address already in use" in (tmp_path / "server.log").read_text()
+
+
+def test_a_server_that_keeps_failing_is_not_started_again(tmp_path):
+    counter = tmp_path / "starts"
+    spec = S.ServiceSpec("x", ("bash", "-c", f"echo x >> {counter}; echo failing >&2; exit 1"), S.free_port())
+    with pytest.raises(BortError, match="failing"):
+        S.start(spec, tmp_path / "server.log")
+    assert counter.read_text().count("x") == 1
