@@ -93,20 +93,21 @@ def _over_seeds(runs: list[Path]) -> dict[str, Any]:
     for name in MODELS:
         values = [r["test"][name]["accuracy"] for r in rows if name in r.get("test", {})]
         if values:
-            out["accuracy"][name] = {"mean": statistics.fmean(values),
-                                     "std": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
+            out["accuracy"][name] = _spread(values)
     deployed = [r["test"][r["deploy"]]["accuracy"] for r in rows if r.get("deploy") in r.get("test", {})]
     if deployed:
-        out["accuracy"]["deployed"] = {"mean": statistics.fmean(deployed),
-                                       "std": statistics.stdev(deployed) if len(deployed) > 1 else 0.0,
-                                       "values": deployed, "which": [r["deploy"] for r in rows]}
+        out["accuracy"]["deployed"] = {**_spread(deployed), "which": [r["deploy"] for r in rows]}
     served = [read_manifest(r, "export", verify=False).metrics["served_test_accuracy"]["optimized"]
               for r in runs if (r / "export").is_dir()]
     if len(served) == len(rows) > 0:  # what the endpoint answers: the deployed student as exported (int8 or fp32)
-        out["accuracy"]["served as deployed"] = {"mean": statistics.fmean(served),
-                                                 "std": statistics.stdev(served) if len(served) > 1 else 0.0,
-                                                 "values": served}
+        out["accuracy"]["served as deployed"] = _spread(served)
     return out
+
+
+def _spread(values: list[float]) -> dict[str, Any]:
+    """Mean, sample std (0 for one value) and the values themselves."""
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "values": values}
 
 
 def markdown(s: dict[str, Any]) -> str:
